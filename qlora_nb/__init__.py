@@ -1,0 +1,17 @@
+"QLoRA fine-tuning of large language models, built for Jupyter notebooks."
+__version__ = "0.1.0"
+
+# The public names, imported on first use: `import qlora_nb` stays fast and needs no GPU, IPython or
+# ipywidgets (the widgets load only when a panel is shown). Each entry is name -> module.
+_PUBLIC = {
+    'Config': 'config', 'load_config': 'config', 'save_config': 'config', 'config_yaml': 'config',
+    'ConfigError': 'config', 'QloraError': 'config', 'to_axolotl': 'axolotl', 'build_tiny': 'tiny',
+}
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        import importlib
+        return getattr(importlib.import_module(f'qlora_nb.{_PUBLIC[name]}'), name)
+    raise AttributeError(f"module 'qlora_nb' has no attribute {name!r}")
+
+def __dir__(): return sorted(list(globals()) + list(_PUBLIC))
