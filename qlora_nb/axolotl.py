@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['AXOLOTL_KEYS', 'DATASET_KEYS', 'DATASET_TYPES', 'OPTIMIZERS', 'SCHEDULERS', 'DTYPES', 'from_axolotl', 'to_axolotl',
-           'fixtures_path', 'lost_keys']
+           'lost_keys']
 
 # %% ../nbs/01_axolotl.ipynb #b451d64f
 import copy, warnings
@@ -54,7 +54,7 @@ OPTIMIZERS = {'adamw_bnb_8bit': 'adamw_8bit'}                 # Axolotl name -> 
 SCHEDULERS = {'constant_with_warmup': 'constant', 'cosine_with_warmup': 'cosine', 'linear_with_warmup': 'linear'}
 DTYPES = {'bf16': 'bfloat16', 'fp16': 'float16', 'fp32': 'float32', 'float': 'float32', 'half': 'float16'}
 
-# %% ../nbs/01_axolotl.ipynb #81694cc3
+# %% ../nbs/01_axolotl.ipynb #2da489a7
 def _dataset_from_axolotl(d, i:int, unsupported:list):
     "One Axolotl dataset entry in our form; keys we do not use are appended to `unsupported`."
     if not isinstance(d, dict): return d  # a wrong type is reported by the config's own checks
@@ -72,8 +72,6 @@ def _dataset_from_axolotl(d, i:int, unsupported:list):
             unsupported += [(f'datasets[{i}].message_property_mappings.{kk}', '') for kk in v if kk not in ('role', 'content')]
         elif k in DATASET_KEYS: out[DATASET_KEYS[k]] = v
         elif v is not None: unsupported.append((f'datasets[{i}].{k}', ''))
-    if out.get('type') == 'messages' and out.get('field_messages') is None and 'field_messages' not in d:
-        out['field_messages'] = 'messages'
     return out
 
 # %% ../nbs/01_axolotl.ipynb #2c4220df
@@ -192,14 +190,17 @@ def to_axolotl(c:Config) -> dict:
     out['output_dir'] = o['output_dir']
     return out
 
-# %% ../nbs/01_axolotl.ipynb #5da1e65f
-def fixtures_path() -> Path:
-    "The folder of test fixtures, in a source checkout."
-    return Path(__file__).resolve().parent.parent/'tests'/'fixtures'
-
-# %% ../nbs/01_axolotl.ipynb #58598358
+# %% ../nbs/01_axolotl.ipynb #cefd53d9
 def lost_keys(original:dict, c:Config) -> list[str]:
-    "Supported keys of the Axolotl dict `original` whose value `to_axolotl(c)` does not give back."
-    back = to_axolotl(c)
-    norm = lambda k,v: _plain_value(k, v) if k != 'datasets' else [_dataset_to_axolotl(_dataset_from_axolotl(x, 0, [])) for x in v]
-    return [k for k,v in original.items() if k in AXOLOTL_KEYS and v is not None and norm(k, v) != back.get(k)]
+    "Supported keys of the Axolotl dict `original` (dataset keys too) whose value `to_axolotl(c)` does not give back."
+    back, lost = to_axolotl(c), []
+    for k,v in original.items():
+        if k not in AXOLOTL_KEYS or v is None: continue
+        if k in ('datasets', 'test_datasets'):
+            theirs = back.get(k) or []
+            for i,ds in enumerate(v):
+                mine = _dataset_to_axolotl(_dataset_from_axolotl(ds, i, []))
+                got = theirs[i] if i < len(theirs) else {}
+                lost += [f'{k}[{i}].{kk}' for kk,vv in mine.items() if got.get(kk) != vv]
+        elif _plain_value(k, v) != back.get(k): lost.append(k)
+    return lost
