@@ -43,10 +43,11 @@ def demo_conversations(seed:int=0) -> list[dict]:
     rng.shuffle(rows)
     return rows
 
-# %% ../nbs/05_tiny.ipynb #67723c6f
+# %% ../nbs/05_tiny.ipynb #5912e3ba
 def assets_path() -> Path:
     "The folder of files shipped with the package."
-    return Path(__file__).resolve().parent/'assets'
+    import qlora_nb
+    return Path(qlora_nb.__file__).resolve().parent/'assets'
 
 def demo_data_path() -> Path:
     "The bundled demo chat dataset (JSON lines, `messages` format)."
@@ -151,10 +152,10 @@ def build_tiny(name:str='tiny-llama', # a key of `TINY_MODELS`
     tmp.rename(path)  # whole or not at all: an interrupted build is never mistaken for a model
     return path
 
-# %% ../nbs/05_tiny.ipynb #cb1bacab
+# %% ../nbs/05_tiny.ipynb #5c599e94
 def resolve_model_path(base_model:str) -> str:
     "A hub id or folder for `base_model`, building `builtin:` models on first use."
-    from .config import BUILTIN_PREFIX
+    from qlora_nb.config import BUILTIN_PREFIX
     if not base_model.startswith(BUILTIN_PREFIX): return base_model
     name = base_model.removeprefix(BUILTIN_PREFIX)
     if name not in TINY_MODELS: raise ValueError(f'unknown built-in model {base_model!r}; built-in: {", ".join(BUILTIN_PREFIX + n for n in TINY_MODELS)}')
