@@ -1,0 +1,81 @@
+"The `qlora-nb config` commands, run as a user runs them: real files, real exit codes, one line per problem."
+import json, re
+from pathlib import Path
+import pytest, yaml
+from conftest import FIXTURES, qlora_nb_cli
+
+BAD = sorted((FIXTURES/'configs'/'bad').glob('*.yaml'))
+
+
+def test_ten_or_more_bad_files():
+    assert len(BAD) >= 10
+
+
+def test_good_config_passes():
+    r = qlora_nb_cli('config', 'check', FIXTURES/'configs'/'good.yaml')
+    assert r.returncode == 0, r.stderr
+    eff = yaml.safe_load(r.stdout)
+    assert eff['lora']['r'] == 8 and eff['training']['learning_rate'] == 2e-4
+    assert eff['quantization']['double_quant'] is True  # defaults filled in
+
+
+@pytest.mark.parametrize('path', BAD, ids=lambda p: p.stem)
+def test_bad_config_is_rejected_with_a_precise_line(path):
+    expect = path.read_text().splitlines()[0].removeprefix('# expect: ')
+    r = qlora_nb_cli('config', 'check', path)
+    assert r.returncode == 2, f'exit {r.returncode}: {r.stdout} {r.stderr}'
+    assert r.stdout == ''
+    assert 'Traceback' not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert all(l.startswith('qlora-nb: error: ') for l in lines), r.stderr
+    assert expect in r.stderr, f'expected {expect!r} in:\n{r.stderr}'
+    assert 'Fix:' in r.stderr or 'is missing' in r.stderr
+
+
+def test_json_output():
+    r = qlora_nb_cli('config', 'check', FIXTURES/'configs'/'good.yaml', '--json', '--set', 'lora.r=4')
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)['lora']['r'] == 4
+
+
+def test_bad_set_override_names_the_key():
+    r = qlora_nb_cli('config', 'check', FIXTURES/'configs'/'good.yaml', '--set', 'training.seeed=3')
+    assert r.returncode == 2
+    assert 'training.seeed: unknown setting. Fix: did you mean `seed`?' in r.stderr
+
+
+def test_init_writes_a_documented_config_that_loads(tmp_path):
+    out = tmp_path/'run.yaml'
+    assert qlora_nb_cli('config', 'init', out).returncode == 0
+    text = out.read_text()
+    assert '# rank of each adapter' in text
+    assert qlora_nb_cli('config', 'check', out).returncode == 0
+    r = qlora_nb_cli('config', 'init', out)
+    assert r.returncode == 1 and 'already exists' in r.stderr
+
+
+@pytest.mark.parametrize('name,warns', [('llama3-8b-qlora-sharegpt.yml', True), ('llama31-8b-qlora-alpaca-zero3.yml', False)])
+def test_axolotl_conversion_round_trip(tmp_path, name, warns):
+    "Axolotl -> ours (via the CLI) -> Axolotl loses no supported key."
+    from qlora_nb.axolotl import lost_keys
+    from qlora_nb.config import load_config
+    src = FIXTURES/'axolotl'/name
+    out = tmp_path/'ours.yaml'
+    r = qlora_nb_cli('config', 'from-axolotl', src, out)
+    assert r.returncode == 0, r.stderr
+    assert ('warning:' in r.stderr) == warns  # unsupported keys are listed, never dropped silently
+    ours = load_config(out)
+    assert lost_keys(yaml.safe_load(src.read_text()), ours) == []
+    assert qlora_nb_cli('config', 'check', out).returncode == 0
+
+
+def test_axolotl_unsupported_keys_in_one_warning():
+    r = qlora_nb_cli('config', 'check', FIXTURES/'axolotl'/'llama3-8b-qlora-sharegpt.yml')
+    assert r.returncode == 0, r.stderr
+    warns = [l for l in r.stderr.splitlines() if 'warning:' in l]
+    assert len(warns) == 1 and 'group_by_length' in warns[0]
+
+
+def test_commands_not_yet_available_say_so():
+    r = qlora_nb_cli('merge', FIXTURES/'configs'/'good.yaml')
+    assert r.returncode == 1 and 'not available' in r.stderr and 'Traceback' not in r.stderr
