@@ -6,7 +6,8 @@
 __all__ = ['IGNORE', 'turn_end', 'chat_spans', 'labels_from_spans', 'tokenize_texts', 'SampleTokenizer', 'reference_trained_text',
            'random_conversation']
 
-# %% ../nbs/13_tokenizing.ipynb #80a7dda8
+# %% ../nbs/13_tokenizing.ipynb #02c74e91
+import random
 import numpy as np
 from .config import QloraError
 from .formats import BadRow
