@@ -160,9 +160,9 @@ def load_base(config:Config):
 def memory_line(model) -> str:
     "The classic line after loading: where the model is and how much memory it takes."
     import torch
-    gib = model.get_memory_footprint() / 2**30
+    b = model.get_memory_footprint()
     dev = next(model.parameters()).device
-    s = f'model loaded on {dev}: {gib:.2f} GiB of weights'
+    s = f'model on {dev}: ' + (f'{b/2**30:.2f} GiB' if b >= 2**30 else f'{b/2**20:.1f} MiB') + ' of weights'
     if dev.type == 'cuda': s += f'; GPU memory allocated {torch.cuda.memory_allocated(dev)/2**30:.2f} GiB, reserved {torch.cuda.memory_reserved(dev)/2**30:.2f} GiB'
     return s
 
