@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['log', 'REASONS', 'DatasetReport', 'DataReport', 'tokenize_dataset', 'PreparedData', 'prepare_data', 'make_collator',
-           'write_jsonl']
+           'write_jsonl', 'data_fingerprint', 'save_prepared', 'load_prepared', 'cached_prepare']
 
-# %% ../nbs/15_data.ipynb #c50c0ac4
+# %% ../nbs/15_data.ipynb #4029293d
 import json, logging, random, warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from .config import Config, DatasetConfig, QloraError, QloraWarning
 from .formats import BadRow, detect_format, to_sample
@@ -188,7 +188,9 @@ class PreparedData:
     report:DataReport    # the accounting
     row_ids:list         # for each training row, the `(dataset index, source row)` of its samples
     sources:list         # the source (file or id) of each training dataset
-    eval_row_ids:list=field(default_factory=list) # the same for validation rows (dataset index -1... for `val_datasets`: their own index)
+    eval_row_ids:list=field(default_factory=list) # the same for validation rows (`val_datasets` rows use their own dataset index)
+    cache_path:str|None=None # where it was saved, when cached
+    cached:bool=False        # whether it was read from the cache
 
     def describe_row(self, i:int)->str:
         "Where training row `i` came from, e.g. `data.jsonl row 17`."
@@ -234,11 +236,13 @@ def _finish(ds, config, seed, pack:bool):
 
 def prepare_data(config:Config, # the run's settings: `data` and `training.seed`
                  tokenizer,     # the model's tokenizer; `prepare_tokenizer` is applied (idempotent)
+                 cache:bool|None=None, # reuse/save the result (see `cached_prepare`); default: when `data.prepared_path` is set
                 )->PreparedData:
     "Load, format, tokenize, check, mix, split, shuffle and pack the data of `config`, accounting for every row."
     import datasets, tempfile
     d, seed = config.data, config.training.seed
     prepare_tokenizer(tokenizer, config)
+    if cache or (cache is None and d.prepared_path): return cached_prepare(config, tokenizer)
     st = SampleTokenizer(tokenizer, tokenizer.chat_template, d.roles_to_train, d.train_on_inputs)
     with tempfile.TemporaryDirectory(prefix='qlora_nb_') as tmp:
         parts, reports = _tokenize_all(d.datasets, st, config, 'data.datasets', tmp)
@@ -270,3 +274,58 @@ def write_jsonl(path, rows:list)->str:
     "Write `rows` as JSON lines (a helper for examples and tests)."
     Path(path).write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows), encoding='utf-8')
     return str(path)
+
+# %% ../nbs/15_data.ipynb #80f5be78
+def data_fingerprint(config:Config, tokenizer)->str:
+    "A hash of everything that changes what `prepare_data` makes."
+    import hashlib, qlora_nb
+    from qlora_nb.config import config_to_dict
+    from qlora_nb.loading import local_files, resolve_path
+    files = []
+    for dc in config.data.datasets + config.data.val_datasets:
+        p = resolve_path(dc.path)
+        for f in local_files(p, dc.data_files) or ([] if not Path(p).is_dir() else sorted(str(x) for x in Path(p).rglob('*') if x.is_file())):
+            st = Path(f).stat(); files.append((str(Path(f).resolve()), st.st_size, st.st_mtime_ns))
+    back = getattr(tokenizer, 'backend_tokenizer', None)
+    vocab = back.to_str() if back is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    key = [config_to_dict(config)['data'], config.training.seed, files, type(tokenizer).__name__, tokenizer.chat_template,
+           len(tokenizer), str(tokenizer.special_tokens_map), hashlib.sha256(vocab.encode()).hexdigest(), qlora_nb.__version__]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+def save_prepared(pd:PreparedData, folder)->Path:
+    "Write `pd` to `folder` (whole or not at all)."
+    import shutil
+    folder = Path(folder); tmp = folder.with_name(folder.name + '.tmp')
+    if tmp.exists(): shutil.rmtree(tmp)
+    pd.train.save_to_disk(str(tmp/'train'))
+    if pd.eval is not None: pd.eval.save_to_disk(str(tmp/'eval'))
+    meta = {'report': asdict(pd.report), 'row_ids': pd.row_ids, 'sources': pd.sources, 'eval_row_ids': pd.eval_row_ids}
+    (tmp/'prepared.json').write_text(json.dumps(meta), encoding='utf-8')
+    if folder.exists(): shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+def load_prepared(folder)->PreparedData:
+    "Read what `save_prepared` wrote."
+    import datasets
+    folder = Path(folder)
+    meta = json.loads((folder/'prepared.json').read_text(encoding='utf-8'))
+    r = meta['report']
+    rep = DataReport(**{**r, 'datasets': [DatasetReport(**x) for x in r['datasets']], 'val_datasets': [DatasetReport(**x) for x in r['val_datasets']]})
+    ev = datasets.load_from_disk(str(folder/'eval')) if (folder/'eval').exists() else None
+    tup = lambda rows: [[tuple(x) for x in r] for r in rows]
+    return PreparedData(datasets.load_from_disk(str(folder/'train')), ev, rep, tup(meta['row_ids']), meta['sources'], tup(meta['eval_row_ids']))
+
+def cached_prepare(config:Config, tokenizer)->PreparedData:
+    "`prepare_data`, reusing a saved result when data, tokenizer and settings are unchanged."
+    from qlora_nb.tiny import cache_dir
+    prepare_tokenizer(tokenizer, config)
+    fp = data_fingerprint(config, tokenizer)
+    folder = Path(config.data.prepared_path or cache_dir()/'prepared')/fp
+    if (folder/'prepared.json').exists():
+        log.info('reusing the prepared data in %s', folder)
+        pd = load_prepared(folder); pd.cache_path, pd.cached = str(folder), True
+        return pd
+    pd = prepare_data(config, tokenizer, cache=False)
+    save_prepared(pd, folder); pd.cache_path, pd.cached = str(folder), False
+    return pd
