@@ -116,9 +116,9 @@ def _row_fn(kind, dc, st, source, seq_len, overlong, on_bad_rows):
             except BadRow as e: samples.append(e)
         good = [i for i,s in enumerate(samples) if not isinstance(s, BadRow)]
         enc = dict(zip(good, st([samples[i] for i in good], raise_bad=False)))
-        out = {'input_ids': [], 'labels': [], 'src': [], 'status': [], 'length': [], 'message': []}
+        out = {'input_ids': [], 'labels': [], 'src': [], 'status': [], 'length': [], 'message': [], 'trained': []}
         def add(ids, labels, i, status, length, msg=''):
-            for k,v in zip(out, (ids, labels, i, status, length, msg)): out[k].append(v)
+            for k,v in zip(out, (ids, labels, i, status, length, msg, sum(l != IGNORE for l in labels[1:]))): out[k].append(v)
         for j,i in enumerate(idx):
             r = enc.get(j, samples[j])
             if isinstance(r, BadRow):
@@ -154,10 +154,10 @@ def tokenize_dataset(loaded,           # a `Loaded` dataset
 def _features():
     from datasets import Features, List, Value
     return Features({'input_ids': List(Value('int32')), 'labels': List(Value('int32')), 'src': Value('int64'),
-                     'status': Value('string'), 'length': Value('int64'), 'message': Value('string')})
+                     'status': Value('string'), 'length': Value('int64'), 'message': Value('string'), 'trained': Value('int64')})
 
 def _report(out, loaded, kind, name)->DatasetReport:
-    src, status, length = out['src'], out['status'], out['length']
+    src, status, length = out['src'][:], out['status'][:], out['length'][:]
     first = {}
     for s, st, n in zip(src, status, length): first.setdefault(s, (st, n))
     dropped = {r: 0 for r in REASONS}
@@ -165,17 +165,18 @@ def _report(out, loaded, kind, name)->DatasetReport:
         if st in REASONS: dropped[st] += 1
     dropped['invalid'] += len(loaded.bad_lines)
     kept_out = [i for i,st in enumerate(status) if st not in REASONS]
-    ids_len = [len(x) for x in out.select(kept_out)['input_ids']] if kept_out else []
-    trained = sum(sum(1 for l in x[1:] if l != IGNORE) for x in out.select(kept_out)['labels']) if kept_out else 0
+    import pyarrow.compute as pc
+    ids_len = pc.sum(pc.list_value_length(out.data.column('input_ids'))).as_py() or 0
+    trained = sum(out['trained'][:])
     examples = {}
-    for s, st, msg in zip(src, status, out['message']):
+    for s, st, msg in zip(src, status, out['message'][:]):
         if st in REASONS and msg and len(examples.setdefault(st, [])) < 3: examples[st].append(f'row {s+1}: {msg}')
     for f, n, err in loaded.bad_lines[:3]: examples.setdefault('invalid', []).append(f'{f}:{n}: {err}')
     return DatasetReport(name, loaded.source, kind, rows_in=len(loaded.ds) + len(loaded.bad_lines),
                          kept=sum(1 for st,_ in first.values() if st not in REASONS),
                          truncated=sum(1 for st,_ in first.values() if st == 'truncated'),
                          split=sum(1 for st,_ in first.values() if st == 'split'), rows_out=len(kept_out),
-                         dropped={k:v for k,v in dropped.items() if v}, total_tokens=sum(ids_len), trained_tokens=trained,
+                         dropped={k:v for k,v in dropped.items() if v}, total_tokens=ids_len, trained_tokens=trained,
                          examples=examples, longest=sorted((n for st,n in first.values() if st == 'too_long'), reverse=True)[:5],
                          lengths=[n for _,n in first.values()])
 
@@ -214,9 +215,9 @@ def _tokenize_all(dcs, st, config, key, tmp):
         st_i = SampleTokenizer(st.tok, st.template, dc.roles_to_train or st.roles, st.train_on_inputs) if dc.roles_to_train else st
         out, rep = tokenize_dataset(loaded, dc, st_i, config, name)
         _check_dropped(rep, config.data.sequence_len, config.data.overlong)
-        keep = [j for j,s in enumerate(out['status']) if s not in REASONS]
+        keep = [j for j,s in enumerate(out['status'][:]) if s not in REASONS]
         out = out.select(keep)
-        parts.append(out.add_column('dataset', [i]*len(out)).remove_columns(['status', 'length', 'message']))
+        parts.append(out.add_column('dataset', [i]*len(out)).remove_columns(['status', 'length', 'message', 'trained']))
         reports.append(rep)
     return parts, reports
 
@@ -224,10 +225,10 @@ def _finish(ds, config, seed, pack:bool):
     "Shuffle, pack, and split off the row ids."
     import datasets
     if config.data.shuffle and len(ds): ds = ds.shuffle(seed=seed).flatten_indices()
-    rows = [[(d, s)] for d,s in zip(ds['dataset'], ds['src'])]
+    rows = [[(d, s)] for d,s in zip(ds['dataset'][:], ds['src'][:])]
     ds = ds.remove_columns(['dataset', 'src'])
     if not pack or not len(ds): return ds, rows, None
-    cols, groups = pack_rows(ds['input_ids'], ds['labels'], config.data.sequence_len)
+    cols, groups = pack_rows(ds['input_ids'][:], ds['labels'][:], config.data.sequence_len)
     order = list(range(len(groups)))
     if config.data.shuffle: random.Random(seed).shuffle(order)
     packed = datasets.Dataset.from_dict({k: [v[o] for o in order] for k,v in cols.items()})

@@ -60,10 +60,15 @@ def tokenize_texts(tokenizer,
                   )->tuple[list,list]:     # `input_ids` and `labels` lists
     "Tokenize texts in one batch call and label the tokens inside the trained spans."
     if not texts: return [], []
-    enc = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True, return_attention_mask=False)
-    labels = [list(ids) if sp is None else labels_from_spans(ids, off, sp)
-              for ids, off, sp in zip(enc['input_ids'], enc['offset_mapping'], spans)]
-    return [list(i) for i in enc['input_ids']], labels
+    back = getattr(tokenizer, 'backend_tokenizer', None)
+    if back is not None:  # the Rust tokenizer directly: the same ids, without transformers' per-row conversions
+        encs = back.encode_batch(texts, add_special_tokens=add_special_tokens)
+        all_ids, all_off = [e.ids for e in encs], [e.offsets for e in encs]
+    else:
+        enc = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True, return_attention_mask=False)
+        all_ids, all_off = [list(i) for i in enc['input_ids']], enc['offset_mapping']
+    labels = [list(ids) if sp is None else labels_from_spans(ids, off, sp) for ids, off, sp in zip(all_ids, all_off, spans)]
+    return all_ids, labels
 
 # %% ../nbs/13_tokenizing.ipynb #0db93e7b
 class SampleTokenizer:
