@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['log', 'BUILTIN_TEMPLATES', 'TEMPLATE_ALIASES', 'EXAMPLE_CHAT', 'render', 'builtin_template', 'template_from_setting',
-           'same_template', 'resolve_template', 'template_tokens', 'choose_pad_token', 'prepare_tokenizer',
-           'load_tokenizer']
+           'template_name', 'same_template', 'resolve_template', 'template_tokens', 'choose_pad_token',
+           'prepare_tokenizer', 'load_tokenizer']
 
 # %% ../nbs/10_templates.ipynb #5ddb02d5
 import logging, re
@@ -102,7 +102,12 @@ def template_from_setting(value:str,              # a built-in name, a Jinja str
     raise QloraError(f'{key}: unknown chat template {value!r}. Fix: use a built-in name ({_builtins_list()}), '
                      'a Jinja template string, or a path to a .jinja file.')
 
-# %% ../nbs/10_templates.ipynb #9d3c028b
+# %% ../nbs/10_templates.ipynb #3e0b6572
+def template_name(template:str|None)->str:
+    "The built-in name of `template`, or `custom`."
+    return next((n for n,t in BUILTIN_TEMPLATES.items() if t == template), 'custom')
+
+# %% ../nbs/10_templates.ipynb #063d1f94
 _PROBE = [{'role': 'system', 'content': 'S'}, {'role': 'user', 'content': 'U'}, {'role': 'assistant', 'content': 'A'}]
 
 def same_template(tokenizer, a:str, b:str)->bool:
@@ -136,7 +141,7 @@ def resolve_template(tokenizer,        # the model's tokenizer
                              f'(or remove `{key}`).')
     return tpl
 
-# %% ../nbs/10_templates.ipynb #b9cb67de
+# %% ../nbs/10_templates.ipynb #05380ba1
 def template_tokens(tokenizer, template:str)->set[str]:
     "The special tokens that `template` writes in a probe conversation (with and without system prompt and generation prompt)."
     specials = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
@@ -158,7 +163,7 @@ def choose_pad_token(tokenizer, template:str)->str|None:
     if tokenizer.eos_token and tokenizer.eos_token not in used and tokenizer.eos_token not in cands: cands.append(tokenizer.eos_token)
     return min(cands, key=lambda t: _pad_rank(t, tokenizer.eos_token)) if cands else None
 
-# %% ../nbs/10_templates.ipynb #cba89d49
+# %% ../nbs/10_templates.ipynb #f0c71bd5
 def _special_key(k:str)->str:
     k = k.strip()
     return k if k.endswith('_token') or k == 'additional_special_tokens' else f'{k}_token'
@@ -188,7 +193,7 @@ def _fix_pad(tokenizer):
         tokenizer.pad_token = pad
         log.info('the tokenizer has no pad token: padding with %r (id %d), a special token the chat template never writes', pad, tokenizer.pad_token_id)
 
-# %% ../nbs/10_templates.ipynb #29d45b0d
+# %% ../nbs/10_templates.ipynb #1b4e7ad1
 def load_tokenizer(config:Config): # uses `model.*` and the settings `prepare_tokenizer` reads
     "The run's tokenizer, loaded and prepared for training."
     import transformers
