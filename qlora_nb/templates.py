@@ -7,10 +7,10 @@ __all__ = ['log', 'BUILTIN_TEMPLATES', 'TEMPLATE_ALIASES', 'EXAMPLE_CHAT', 'rend
            'template_name', 'same_template', 'resolve_template', 'template_tokens', 'choose_pad_token',
            'prepare_tokenizer', 'load_tokenizer']
 
-# %% ../nbs/10_templates.ipynb #5ddb02d5
+# %% ../nbs/10_templates.ipynb #413f6a39
 import logging, re
 from pathlib import Path
-from .config import Config, QloraError, QloraWarning
+from .config import Config, DatasetConfig, QloraError, QloraWarning
 
 log = logging.getLogger('qlora_nb')
 
@@ -126,7 +126,8 @@ def resolve_template(tokenizer,        # the model's tokenizer
                      config:Config)->str: # uses `data.chat_template` and each dataset's `conversation`
     "The Jinja chat template that training uses (and inference must use)."
     d = config.data
-    named = [(f'data.datasets[{i}].conversation', ds.conversation) for i,ds in enumerate(list(d.datasets) + list(d.val_datasets)) if ds.conversation]
+    named = [(f'data.{k}[{i}].conversation', ds.conversation) for k in ('datasets', 'val_datasets')
+             for i,ds in enumerate(getattr(d, k)) if ds.conversation]
     if d.chat_template: tpl, src = template_from_setting(d.chat_template), f'data.chat_template ({d.chat_template[:40]!r})'
     elif named: tpl, src = template_from_setting(named[0][1], named[0][0]), f'{named[0][0]} ({named[0][1]!r})'
     else: tpl, src = _tokenizer_template(tokenizer), "the tokenizer's own template"
