@@ -6,9 +6,8 @@
 __all__ = ['IGNORE', 'turn_end', 'chat_spans', 'labels_from_spans', 'tokenize_texts', 'SampleTokenizer',
            'reference_trained_turns', 'trained_runs', 'random_conversation']
 
-# %% ../nbs/13_tokenizing.ipynb #02c74e91
-import random
-import numpy as np
+# %% ../nbs/13_tokenizing.ipynb #94a67ddc
+import bisect, random
 from .config import QloraError
 from .formats import BadRow
 from .templates import render
@@ -43,15 +42,16 @@ def chat_spans(text:str,            # the rendered conversation
         elif m['role'] != 'system' and c and (j := text.find(c, pos)) >= 0: pos = j + len(c)
     return spans
 
-# %% ../nbs/13_tokenizing.ipynb #bf56082e
+# %% ../nbs/13_tokenizing.ipynb #893dc49f
 def labels_from_spans(input_ids:list[int], offsets:list, spans:list[tuple[int,int]])->list[int]:
-    "`input_ids` with every token outside `spans` replaced by `IGNORE`."
-    ids = np.asarray(input_ids)
-    if not len(ids): return []
-    off = np.asarray(offsets).reshape(-1, 2)
-    keep = np.zeros(len(ids), bool)
-    for a,b in spans: keep |= (off[:,1] > a) & (off[:,0] < b) & (off[:,1] > off[:,0])
-    return np.where(keep, ids, IGNORE).tolist()
+    "`input_ids` with every token outside `spans` replaced by `IGNORE` (token offsets are in text order)."
+    out = [IGNORE]*len(input_ids)
+    if not len(input_ids): return out
+    starts, ends = zip(*offsets)
+    for a,b in spans:
+        i, j = bisect.bisect_right(ends, a), bisect.bisect_left(starts, b)  # tokens ending after a, starting before b
+        out[i:j] = input_ids[i:j]
+    return out
 
 def tokenize_texts(tokenizer,
                    texts:list[str],        # texts to tokenize
