@@ -106,8 +106,8 @@ def _cut(ids, labels, n, mode):
     return [([], [], 'too_long')]
 
 def _row_fn(kind, dc, st, source, seq_len, overlong, on_bad_rows):
-    split_ok = overlong == 'split' and kind == 'completion'
-    mode = overlong if overlong != 'split' or split_ok else 'drop'
+    # Completion text is never dropped for its length: it is split unless truncation is asked for.
+    mode = ('truncate' if overlong == 'truncate' else 'split') if kind == 'completion' else ('drop' if overlong == 'split' else overlong)
     def fn(batch, idx):
         rows = [dict(zip(batch, v)) for v in zip(*batch.values())]
         samples, results = [], []
