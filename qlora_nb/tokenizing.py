@@ -110,7 +110,11 @@ class SampleTokenizer:
         "`(input_ids, labels)` for each sample; a bad sample raises `BadRow` (or, with `raise_bad=False`, gives it in its place)."
         out, items = [None]*len(samples), []
         for i,s in enumerate(samples):
-            if 'input_ids' in s: out[i] = (s['input_ids'], s['labels']); continue
+            if 'input_ids' in s:
+                bad = next((t for t in s['input_ids'] if not 0 <= t < len(self.tok)), None)
+                out[i] = (s['input_ids'], s['labels']) if bad is None else BadRow(f'field `input_ids` has the id {bad}, outside the vocabulary of {len(self.tok)} tokens')
+                if raise_bad and bad is not None: raise out[i]
+                continue
             try: items.append((i, *self.text_and_spans(s)))
             except BadRow as e:
                 if raise_bad: raise
