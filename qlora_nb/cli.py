@@ -71,7 +71,23 @@ def cmd_demo(args) -> int:
 # %% ../nbs/90_cli.ipynb #43c0f710
 def cmd_preprocess(args) -> int:
     "Tokenize the data and report what was kept, dropped and trained."
-    return _not_yet('preprocess')
+    from qlora_nb.data import cached_prepare
+    from qlora_nb.preview import preview_sample
+    from qlora_nb.templates import load_tokenizer, template_name
+    import datasets
+    c = _load(args)
+    if args.json: datasets.disable_progress_bars()
+    tok = load_tokenizer(c)
+    pd = cached_prepare(c, tok)
+    if args.json:
+        print(json.dumps({**pd.report.to_dict(), 'prepared_path': pd.cache_path, 'reused': pd.cached}))
+        return 0
+    print(f'chat template: {template_name(tok.chat_template)}; pad token: {tok.pad_token!r} (id {tok.pad_token_id})')
+    print(pd.report)
+    print(f"{'reused' if pd.cached else 'saved'} the prepared data: {pd.cache_path}")
+    color = sys.stdout.isatty()
+    for i in range(min(args.preview, len(pd.train))): print('\n' + preview_sample(pd, tok, i, 'ansi' if color else 'plain'))
+    return 0
 
 # %% ../nbs/90_cli.ipynb #ce5fb141
 def cmd_estimate(args) -> int:

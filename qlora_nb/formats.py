@@ -69,6 +69,7 @@ def _field(row, name, required=True):
 
 def _alpaca(row, dc):
     ins, inp = _field(row, dc.field_instruction or 'instruction'), _field(row, dc.field_input or 'input', required=False)
+    if not ins.strip() and not inp.strip(): raise BadRow(f'field `{dc.field_instruction or "instruction"}` is empty (and there is no input)')
     out, sys = _field(row, dc.field_output or 'output'), _field(row, dc.field_system or 'system', required=False)
     msgs = [{'role': 'user', 'content': f'{ins}\n\n{inp}' if inp.strip() else ins}, {'role': 'assistant', 'content': out}]
     return [{'role': 'system', 'content': sys}] + msgs if sys.strip() else msgs

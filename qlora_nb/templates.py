@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['log', 'BUILTIN_TEMPLATES', 'TEMPLATE_ALIASES', 'EXAMPLE_CHAT', 'render', 'builtin_template', 'template_from_setting',
-           'same_template', 'resolve_template', 'template_tokens', 'choose_pad_token', 'prepare_tokenizer']
+           'template_name', 'same_template', 'resolve_template', 'template_tokens', 'choose_pad_token',
+           'prepare_tokenizer', 'load_tokenizer']
 
-# %% ../nbs/10_templates.ipynb #5ddb02d5
+# %% ../nbs/10_templates.ipynb #413f6a39
 import logging, re
 from pathlib import Path
-from .config import Config, QloraError, QloraWarning
+from .config import Config, DatasetConfig, QloraError, QloraWarning
 
 log = logging.getLogger('qlora_nb')
 
@@ -101,7 +102,12 @@ def template_from_setting(value:str,              # a built-in name, a Jinja str
     raise QloraError(f'{key}: unknown chat template {value!r}. Fix: use a built-in name ({_builtins_list()}), '
                      'a Jinja template string, or a path to a .jinja file.')
 
-# %% ../nbs/10_templates.ipynb #9d3c028b
+# %% ../nbs/10_templates.ipynb #3e0b6572
+def template_name(template:str|None)->str:
+    "The built-in name of `template`, or `custom`."
+    return next((n for n,t in BUILTIN_TEMPLATES.items() if t == template), 'custom')
+
+# %% ../nbs/10_templates.ipynb #063d1f94
 _PROBE = [{'role': 'system', 'content': 'S'}, {'role': 'user', 'content': 'U'}, {'role': 'assistant', 'content': 'A'}]
 
 def same_template(tokenizer, a:str, b:str)->bool:
@@ -120,7 +126,8 @@ def resolve_template(tokenizer,        # the model's tokenizer
                      config:Config)->str: # uses `data.chat_template` and each dataset's `conversation`
     "The Jinja chat template that training uses (and inference must use)."
     d = config.data
-    named = [(f'data.datasets[{i}].conversation', ds.conversation) for i,ds in enumerate(list(d.datasets) + list(d.val_datasets)) if ds.conversation]
+    named = [(f'data.{k}[{i}].conversation', ds.conversation) for k in ('datasets', 'val_datasets')
+             for i,ds in enumerate(getattr(d, k)) if ds.conversation]
     if d.chat_template: tpl, src = template_from_setting(d.chat_template), f'data.chat_template ({d.chat_template[:40]!r})'
     elif named: tpl, src = template_from_setting(named[0][1], named[0][0]), f'{named[0][0]} ({named[0][1]!r})'
     else: tpl, src = _tokenizer_template(tokenizer), "the tokenizer's own template"
@@ -135,7 +142,7 @@ def resolve_template(tokenizer,        # the model's tokenizer
                              f'(or remove `{key}`).')
     return tpl
 
-# %% ../nbs/10_templates.ipynb #b9cb67de
+# %% ../nbs/10_templates.ipynb #05380ba1
 def template_tokens(tokenizer, template:str)->set[str]:
     "The special tokens that `template` writes in a probe conversation (with and without system prompt and generation prompt)."
     specials = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
@@ -157,7 +164,7 @@ def choose_pad_token(tokenizer, template:str)->str|None:
     if tokenizer.eos_token and tokenizer.eos_token not in used and tokenizer.eos_token not in cands: cands.append(tokenizer.eos_token)
     return min(cands, key=lambda t: _pad_rank(t, tokenizer.eos_token)) if cands else None
 
-# %% ../nbs/10_templates.ipynb #cba89d49
+# %% ../nbs/10_templates.ipynb #f0c71bd5
 def _special_key(k:str)->str:
     k = k.strip()
     return k if k.endswith('_token') or k == 'additional_special_tokens' else f'{k}_token'
@@ -186,3 +193,17 @@ def _fix_pad(tokenizer):
     else:
         tokenizer.pad_token = pad
         log.info('the tokenizer has no pad token: padding with %r (id %d), a special token the chat template never writes', pad, tokenizer.pad_token_id)
+
+# %% ../nbs/10_templates.ipynb #1b4e7ad1
+def load_tokenizer(config:Config): # uses `model.*` and the settings `prepare_tokenizer` reads
+    "The run's tokenizer, loaded and prepared for training."
+    import transformers
+    from qlora_nb.tiny import resolve_model_path
+    m = config.model
+    src = resolve_model_path(m.tokenizer or m.base_model)
+    cls = getattr(transformers, m.tokenizer_class) if m.tokenizer_class else transformers.AutoTokenizer
+    try: tok = cls.from_pretrained(src, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    except Exception as e:
+        raise QloraError(f'model.{"tokenizer" if m.tokenizer else "base_model"}: could not load a tokenizer from {src!r}: {type(e).__name__}: {e}. '
+                         'Fix: check the folder or hub id (and the network, or a local copy when offline).') from None
+    return prepare_tokenizer(tok, config)
