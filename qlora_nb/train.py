@@ -87,8 +87,8 @@ def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
     from qlora_nb.data import make_collator
     from qlora_nb.guards import RowTracker
     args = sft_config(config, len(data.train), data.eval is not None)
-    rows = RowTracker(make_collator(config, tokenizer), names=[data.describe_row(i) for i in range(len(data.train))])
-    train = data.train.add_column('row_id', list(range(len(data.train))))
+    rows = RowTracker(make_collator(config, tokenizer))  # the data's `row_id` column names each row's source
+    train = data.train
     dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
     trainer = _trainer_class()(model=model, args=args, train_dataset=train, eval_dataset=data.eval,
                                processing_class=tokenizer, data_collator=rows, callbacks=list(callbacks))

@@ -55,7 +55,7 @@ def test_nan_guard_stops_and_names_rows(tmp_path):
     with pytest.raises(GuardStop) as e:
         train(small(tmp_path, max_steps=8), callbacks=[Poison(2)], eval_before=False)
     msg = str(e.value)
-    assert 'step 3' in msg and 'is nan' in msg and 'demo_chat.jsonl row' in msg and 'learning_rate' in msg
+    assert 'step 3' in msg and 'is nan' in msg and 'demo_chat.jsonl:' in msg and 'learning_rate' in msg
     assert not (tmp_path/'adapter_model.safetensors').exists()  # a NaN adapter is not saved as the result
 
 
