@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     'Config': 'config', 'load_config': 'config', 'save_config': 'config', 'config_yaml': 'config',
     'ConfigError': 'config', 'QloraError': 'config', 'to_axolotl': 'axolotl', 'build_tiny': 'tiny',
+    'merge': 'merge', 'merge_adapter': 'merge', 'MergeResult': 'merge',
 }
 
 def __getattr__(name):
