@@ -7,6 +7,7 @@ _PUBLIC = {
     'Config': 'config', 'load_config': 'config', 'save_config': 'config', 'config_yaml': 'config',
     'ConfigError': 'config', 'QloraError': 'config', 'to_axolotl': 'axolotl', 'build_tiny': 'tiny',
     'merge': 'merge', 'merge_adapter': 'merge', 'MergeResult': 'merge',
+    'export': 'export', 'export_gguf': 'export', 'ExportResult': 'export',
 }
 
 def __getattr__(name):
