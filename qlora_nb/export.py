@@ -201,7 +201,7 @@ def write_gguf(model_dir,    # the merged model folder
               ) -> dict:     # what was written: tensors, bytes, f16 fallbacks, tokenizer counts
     "Convert the merged model in `model_dir` to one GGUF file."
     import gguf, numpy as np, transformers
-    from safetensors import safe_open
+    from qlora_nb.merge import checkpoint_index, read_tensors
     if kind not in GGUF_TYPES: raise QloraError(f'output.gguf_types: {kind!r} is not a GGUF type this export writes; use {", ".join(GGUF_TYPES)}.')
     model_dir, path = Path(model_dir), Path(path)
     cfg = transformers.AutoConfig.from_pretrained(model_dir)
@@ -217,12 +217,9 @@ def write_gguf(model_dir,    # the merged model folder
     for _,n,shape,qt in plan: w.add_tensor_info(n, shape, np.float32, gguf_nbytes(shape, qt), raw_dtype=qt)
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_ti_data_to_file()
     for a in extra.values(): w.write_tensor_data(a)
-    from qlora_nb.merge import checkpoint_index
     files = {k:f for k,(f,_,_) in checkpoint_index(model_dir).items()}
-    opened = None
-    for k,n,shape,qt in plan:
-        if files[k] != opened: sf, opened = safe_open(files[k], 'pt'), files[k]
-        w.write_tensor_data(gguf_data(sf.get_tensor(k), k, cfg, arch, qt))
+    for (k,n,shape,qt),t in zip(plan, read_tensors(files, [p[0] for p in plan])):
+        w.write_tensor_data(gguf_data(t, k, cfg, arch, qt))
     w.close()
     T = gguf.GGMLQuantizationType
     return {'tensors': len(plan) + len(extra), 'bytes': path.stat().st_size, 'tokenizer': tok,

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['log', 'ADAPTER_FILES', 'SUPPORTED', 'check_adapter_config', 'read_adapter', 'Update', 'lora_scale', 'adapter_updates',
-           'merge_tensor', 'checkpoint_files', 'checkpoint_index', 'model_skeleton', 'quantized_weights',
-           'nf4_roundtrip', 'st_dtype', 'nbytes', 'write_safetensors', 'Plan', 'plan_merge', 'MergeResult',
-           'resolve_dtype', 'merge_adapter', 'merged_path', 'merge']
+           'merge_tensor', 'checkpoint_files', 'st_header', 'checkpoint_index', 'read_tensors', 'model_skeleton',
+           'quantized_weights', 'nf4_roundtrip', 'st_dtype', 'nbytes', 'write_safetensors', 'Plan', 'plan_merge',
+           'MergeResult', 'resolve_dtype', 'merge_adapter', 'merged_path', 'merge']
 
 # %% ../nbs/70_merge.ipynb #7d5a2486
 import json, logging, math, os, re, shutil, time
@@ -128,16 +128,47 @@ def checkpoint_files(path, # a model folder
                      + (f'; found {", ".join(other)} (pickle format)' if other else '') +
                      '. Fix: set model.base_model to a local folder with safetensors weights (save the model once with `save_pretrained`).')
 
+def st_header(f, # a safetensors file opened for binary reading
+             ) -> tuple[int, dict]: # (offset of the data, tensor name -> {dtype, shape, data_offsets})
+    "The header of a safetensors file."
+    f.seek(0)
+    n = int.from_bytes(f.read(8), 'little')
+    try: h = json.loads(f.read(n))
+    except ValueError: raise QloraError(f'{f.name}: not a safetensors file (unreadable header). Fix: download or save the checkpoint again.') from None
+    h.pop('__metadata__', None)
+    return 8 + n, h
+
 def checkpoint_index(path) -> dict[str, tuple]:
     "`{key: (file, dtype, shape)}` for every tensor of the checkpoint in `path`, in file order, read from the headers only."
-    from safetensors import safe_open
     out = {}
-    for f in checkpoint_files(path):
-        with safe_open(f, 'pt') as sf:
-            for k in sf.keys():
-                sl = sf.get_slice(k)
-                out[k] = (f, sl.get_dtype(), tuple(sl.get_shape()))
+    for p in checkpoint_files(path):
+        with open(p, 'rb') as f: _, h = st_header(f)
+        out |= {k: (p, v['dtype'], tuple(v['shape'])) for k,v in sorted(h.items(), key=lambda kv: kv[1]['data_offsets'][0])}
     return out
+
+_ST_TORCH = {'F32': 'float32', 'BF16': 'bfloat16', 'F16': 'float16', 'F64': 'float64', 'I64': 'int64', 'I32': 'int32',
+             'I16': 'int16', 'I8': 'int8', 'U8': 'uint8', 'BOOL': 'bool'}
+
+def read_tensors(files:dict, # tensor name -> its safetensors file
+                 keys,       # the names to read, in order (grouped by file, for one pass over each)
+                ):
+    "Yield the tensors `keys`, each read from its file into memory of its own: one tensor in memory at a time."
+    import torch
+    f = opened = None
+    try:
+        for k in keys:
+            if files[k] != opened:
+                if f: f.close()
+                f, opened = open(files[k], 'rb'), files[k]
+                start, header = st_header(f)
+            info = header[k]
+            b, e = info['data_offsets']
+            buf = torch.empty(e - b, dtype=torch.uint8)
+            f.seek(start + b)
+            if f.readinto(buf.numpy()) != e - b: raise QloraError(f'{opened}: truncated at tensor {k}. Fix: download or save the checkpoint again.')
+            yield buf.view(getattr(torch, _ST_TORCH[info['dtype']])).reshape(info['shape'])
+    finally:
+        if f: f.close()
 
 def model_skeleton(path, trust_remote_code:bool=False):
     "The model of `path` built on the meta device: its structure, with no weights in memory."
@@ -301,14 +332,10 @@ def _shards(specs:list, limit:int) -> list[list]:
         out[-1].append(s); size += b
     return out
 
-# %% ../nbs/70_merge.ipynb #6647bcc2
+# %% ../nbs/70_merge.ipynb #55654c97
 def _merged_tensors(plan:Plan, dtype, quant_dtype, quant_type:str, double_quant:bool, counts:dict):
     "Yield the output tensors of `plan`, in order."
-    from safetensors import safe_open
-    opened = None
-    for name,src,u,dt,shape in plan.tensors:
-        if plan.files[src] != opened: sf, opened = safe_open(plan.files[src], 'pt'), plan.files[src]  # the previous file is unmapped
-        w = sf.get_tensor(src)
+    for (name,src,u,dt,shape),w in zip(plan.tensors, read_tensors(plan.files, [t[1] for t in plan.tensors])):
         out_dtype = dtype if w.is_floating_point() else w.dtype
         if name in plan.dequantize:
             w = nf4_roundtrip(w, quant_type, double_quant, quant_dtype); counts['dequantized'] += 1
