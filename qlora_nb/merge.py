@@ -448,7 +448,7 @@ def _write_shards(tmp, plan, dtype, quant_dtype, quant_type, double_quant, shard
         (tmp/'model.safetensors.index.json').write_text(json.dumps(index, indent=2))
     return len(groups)
 
-# %% ../nbs/70_merge.ipynb #28032aff
+# %% ../nbs/70_merge.ipynb #fb0f3c25
 def merged_path(c:Config) -> Path:
     "Where the merged model of the run `c` goes: `output.merged_dir`, else `<output_dir>/merged`."
     return Path(c.output.merged_dir or Path(c.output.output_dir)/'merged')
