@@ -1,12 +1,13 @@
 """Peak memory of `qlora_nb.merge.merge_adapter` on a large random checkpoint, against peft's `merge_and_unload`.
 
-    python benchmarks/bench_merge.py [--shape 1b|3b|8b] [--mode base|dequantized] [--peft] [--dir DIR]
+    python benchmarks/bench_merge.py [--shape 1b|3b|8b] [--mode base|dequantized] [--peft] [--export] [--dir DIR]
 
 Builds a random bfloat16 checkpoint of a Llama 3 shape (sharded safetensors, written tensor by tensor so the
 builder itself stays small) and a random rank-16 all-linear adapter, then merges in a fresh process and
 reports that process's peak resident memory (`ru_maxrss`, which also counts the pages of memory-mapped
 input files it touched). `--peft` also times the classic recipe (`from_pretrained` + `PeftModel` +
-`merge_and_unload` + `save_pretrained`) for comparison. The 8B shape needs about 30 GiB of free disk.
+`merge_and_unload` + `save_pretrained`) for comparison; `--export` also measures the Q8_0 GGUF export of the
+merged model. The 8B shape needs about 30 GiB of free disk.
 """
 import argparse, json, os, resource, subprocess, sys, time
 from pathlib import Path
@@ -73,10 +74,17 @@ def _gib(p:Path): return sum(f.stat().st_size for f in p.glob('*.safetensors')) 
 
 
 def child(kind, base, adapter, out, mode):
-    "Run one merge in this process (called in a fresh subprocess) and print its figures as JSON."
+    "Run one merge (or export) in this process (called in a fresh subprocess) and print its figures as JSON."
     import shutil
     t = time.time()
-    if kind == 'qlora_nb':
+    if kind == 'export':
+        from qlora_nb.merge import merge_adapter
+        from qlora_nb.export import export_gguf
+        merged = merge_adapter(base, adapter, Path(out).with_name('merged-for-export'), mode=mode, overwrite=True).path
+        t = time.time()
+        export_gguf(merged, out, ['q8_0'], overwrite=True)
+        shutil.rmtree(merged)
+    elif kind == 'qlora_nb':
         from qlora_nb.merge import merge_adapter
         merge_adapter(base, adapter, out, mode=mode, overwrite=True)
     else:
@@ -84,7 +92,8 @@ def child(kind, base, adapter, out, mode):
         m = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
         m = peft.PeftModel.from_pretrained(m, adapter).merge_and_unload()
         m.save_pretrained(out)
-    print(json.dumps({'seconds': time.time() - t, 'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+    size = sum(f.stat().st_size for f in Path(out).glob('*.gguf')) / 2**30
+    print(json.dumps({'seconds': time.time() - t, 'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 'gguf_gib': size}))
     shutil.rmtree(out, ignore_errors=True)
 
 
@@ -100,6 +109,7 @@ def main():
     ap.add_argument('--shape', choices=list(SHAPES), default='1b')
     ap.add_argument('--mode', choices=['base', 'dequantized'], default='base')
     ap.add_argument('--peft', action='store_true', help='also measure peft merge_and_unload + save_pretrained')
+    ap.add_argument('--export', action='store_true', help='also measure the Q8_0 GGUF export of the merged model')
     ap.add_argument('--dir', default='/tmp/qlora_nb_bench', help='where the checkpoint, adapter and outputs go')
     ap.add_argument('--child', nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -115,6 +125,9 @@ def main():
     if a.peft:
         r = measure('peft', base, adapter, d/'merged-peft', a.mode)
         print(f'peft merge_and_unload + save_pretrained: peak RSS {r["peak_rss_gib"]:.2f} GiB, {r["seconds"]:.0f}s')
+    if a.export:
+        r = measure('export', base, adapter, d/'gguf', a.mode)
+        print(f'qlora_nb export_gguf q8_0 ({r["gguf_gib"]:.2f} GiB file): peak RSS {r["peak_rss_gib"]:.2f} GiB (merge included), export {r["seconds"]:.0f}s')
 
 
 if __name__ == '__main__': main()

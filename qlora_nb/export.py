@@ -30,8 +30,8 @@ def gguf_arch(cfg, # the model's transformers config
                      f'{", ".join(ARCHS)} (the Llama 3 and Qwen2/2.5 families). Fix: export the merged model with llama.cpp\'s '
                      'convert_hf_to_gguf.py, which knows more architectures.')
 
-# %% ../nbs/71_export.ipynb #035f0e6c
-def rope_interleave(w,       # a query or key projection (weight or bias), rows grouped by head
+# %% ../nbs/71_export.ipynb #f9a18507
+def rope_interleave(w,       # a query or key projection (weight or bias; torch or numpy), rows grouped by head
                     n_head:int, # number of heads of this projection
                    ):
     "Reorder each head's rows from the half-split rotary layout (transformers) to the interleaved one (llama.cpp `llama`)."
@@ -47,6 +47,7 @@ def rope_parameters(cfg) -> dict:
     return rp
 
 def head_dim(cfg) -> int:
+    "The attention head dimension of `cfg`."
     return getattr(cfg, 'head_dim', None) or cfg.hidden_size // cfg.num_attention_heads
 
 def llama3_rope_factors(rp:dict, # `rope_parameters` of a Llama 3.1-style config
@@ -184,14 +185,19 @@ def gguf_data(w,        # the tensor (torch), as in the checkpoint
               cfg,      # the model's transformers config
               arch:str, # GGUF architecture
               qtype,    # GGML type to store it as
+              rows:int=4096, # rows converted at a time (float32 copies of a whole embedding matrix would take GiBs)
              ):
     "The tensor as GGUF stores it: reordered for llama's rotary layout where needed, then converted or quantized."
     import gguf, numpy as np
-    a = w.float().numpy()
     if arch == 'llama' and ('self_attn.q_proj.' in hf_name or 'self_attn.k_proj.' in hf_name):
         kv = getattr(cfg, 'num_key_value_heads', None) or cfg.num_attention_heads
-        a = rope_interleave(a, cfg.num_attention_heads if 'q_proj' in hf_name else kv)
-    return gguf.quants.quantize(np.ascontiguousarray(a), qtype)
+        w = rope_interleave(w, cfg.num_attention_heads if 'q_proj' in hf_name else kv)
+    out = None
+    for i in range(0, max(w.shape[0], 1) if w.dim() else 1, rows):
+        part = gguf.quants.quantize(np.ascontiguousarray(w[i:i+rows].float().numpy() if w.dim() else w.float().numpy()), qtype)
+        if out is None: out = np.empty((w.shape[0], *part.shape[1:]) if w.dim() else part.shape, part.dtype)
+        out[i:i+rows] = part
+    return out
 
 # %% ../nbs/71_export.ipynb #eae67866
 def write_gguf(model_dir,    # the merged model folder

@@ -112,8 +112,21 @@ def _llama_logits(path, ids):
     return np.array(llm.scores[len(ids) - 1], dtype=np.float32)
 
 
+def _rope3(tmp_path):
+    "The tiny Llama with Llama 3.1's rotary scaling (a short original context, so that it matters on short prompts)."
+    import shutil
+    from qlora_nb.tiny import build_tiny
+    base = tmp_path/'tiny-llama-rope3'
+    shutil.copytree(build_tiny('tiny-llama'), base)
+    cfg = json.loads((base/'config.json').read_text())
+    cfg['rope_parameters'] = {'rope_type': 'llama3', 'rope_theta': 10000.0, 'factor': 8.0, 'low_freq_factor': 1.0,
+                              'high_freq_factor': 4.0, 'original_max_position_embeddings': 64}
+    (base/'config.json').write_text(json.dumps(cfg))
+    return base
+
+
 @pytest.mark.llamacpp
-@pytest.mark.parametrize('family', ['tiny-llama', 'tiny-qwen'])
+@pytest.mark.parametrize('family', ['tiny-llama', 'tiny-qwen', 'tiny-llama-rope3'])
 def test_llamacpp_logits(tmp_path, family):
     "llama.cpp runs the exported f16 and q8_0 files: same top token as transformers, logits within tolerance."
     pytest.importorskip('llama_cpp')
@@ -121,7 +134,7 @@ def test_llamacpp_logits(tmp_path, family):
     from qlora_nb.tiny import build_tiny
     from qlora_nb.merge import merge_adapter
     from qlora_nb.export import export_gguf
-    base = build_tiny(family)
+    base = _rope3(tmp_path) if family == 'tiny-llama-rope3' else build_tiny(family)
     _adapter(base, tmp_path/'adapter')
     mdir = merge_adapter(base, tmp_path/'adapter', tmp_path/'merged', dtype='float32').path
     res = export_gguf(mdir, tmp_path/'gguf', ['f16', 'q8_0'], name=family)
