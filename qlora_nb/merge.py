@@ -184,9 +184,7 @@ def quantized_weights(skeleton) -> set[str]:
     skip = get_keys_to_not_convert(skeleton)
     return {f'{n}.weight' for n,m in skeleton.named_modules() if isinstance(m, torch.nn.Linear) and should_convert_module(n, skip)}
 
-# %% ../nbs/70_merge.ipynb #e2949ceb
-_TORCH_DTYPES = {'bfloat16': 'bfloat16', 'float16': 'float16', 'float32': 'float32'}
-
+# %% ../nbs/70_merge.ipynb #3990ab0b
 def nf4_roundtrip(w,                    # a weight
                   quant_type:str='nf4',  # `nf4` or `fp4` (quantization.quant_type)
                   double_quant:bool=True, # quantization.double_quant
