@@ -6,6 +6,8 @@ __version__ = "0.1.0"
 _PUBLIC = {
     'Config': 'config', 'load_config': 'config', 'save_config': 'config', 'config_yaml': 'config',
     'ConfigError': 'config', 'QloraError': 'config', 'to_axolotl': 'axolotl', 'build_tiny': 'tiny',
+    'prepare_tokenizer': 'templates', 'resolve_template': 'templates', 'BUILTIN_TEMPLATES': 'templates',
+    'prepare_data': 'data', 'make_collator': 'data', 'PreparedData': 'data', 'DataReport': 'data',
     'merge': 'merge', 'merge_adapter': 'merge', 'MergeResult': 'merge',
     'export': 'export', 'export_gguf': 'export', 'ExportResult': 'export',
 }
