@@ -8,7 +8,7 @@ _PUBLIC = {
     'ConfigError': 'config', 'QloraError': 'config', 'to_axolotl': 'axolotl', 'build_tiny': 'tiny',
     'prepare_tokenizer': 'templates', 'resolve_template': 'templates', 'BUILTIN_TEMPLATES': 'templates',
     'prepare_data': 'data', 'make_collator': 'data', 'PreparedData': 'data', 'DataReport': 'data',
-    'merge': 'merge', 'merge_adapter': 'merge', 'MergeResult': 'merge',
+    'merge': 'merge', 'merge_adapter': 'merge', 'MergeResult': 'merge', 'compare_merge_modes': 'merge',
     'export': 'export', 'export_gguf': 'export', 'ExportResult': 'export',
 }
 

@@ -6,7 +6,7 @@
 __all__ = ['log', 'ADAPTER_FILES', 'SUPPORTED', 'check_adapter_config', 'read_adapter', 'Update', 'lora_scale', 'adapter_updates',
            'merge_tensor', 'checkpoint_files', 'st_header', 'checkpoint_index', 'read_tensors', 'model_skeleton',
            'quantized_weights', 'nf4_roundtrip', 'st_dtype', 'nbytes', 'write_safetensors', 'Plan', 'plan_merge',
-           'MergeResult', 'resolve_dtype', 'merge_adapter', 'merged_path', 'merge']
+           'MergeResult', 'resolve_dtype', 'merge_adapter', 'merged_path', 'merge', 'eval_loss', 'compare_merge_modes']
 
 # %% ../nbs/70_merge.ipynb #7d5a2486
 import json, logging, math, os, re, shutil, time
@@ -462,3 +462,37 @@ def merge(cfg=None,             # a `Config`, a YAML path or a dict (default: th
     qd = q.compute_dtype if q.compute_dtype != 'auto' else None
     return merge_adapter(c.model.base_model, adapter or o.output_dir, out or merged_path(c), mode or o.merge_mode, o.merge_dtype,
                          q.quant_type, q.double_quant, qd, o.merged_shard_gib, o.overwrite, c.model.trust_remote_code)
+
+# %% ../nbs/70_merge.ipynb #b9e405fe
+def eval_loss(model_dir,            # a merged (or any causal LM) model folder
+              cfg,                  # the run's config: its `data` section gives the validation split
+              batch_size:int|None=None, # rows per forward pass (default: training.micro_batch_size)
+             ) -> float:
+    "Mean loss per trained token of the model in `model_dir` on the validation split of `cfg`."
+    import torch, transformers
+    from qlora_nb.data import prepare_data, make_collator
+    c = load_config(cfg)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    data = prepare_data(c, tok)
+    if data.eval is None or len(data.eval) == 0:
+        raise QloraError('data: there is no validation split to compare on. Fix: set data.val_set_size (e.g. 0.05) or data.val_datasets.')
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    collate, bs = make_collator(c, tok), batch_size or c.training.micro_batch_size
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(data.eval), bs):
+            batch = collate([data.eval[j] for j in range(i, min(i + bs, len(data.eval)))])
+            n = int((batch['labels'][:, 1:] != -100).sum())
+            total += model(**batch).loss.item() * n; count += n
+    return total / count
+
+def compare_merge_modes(cfg,        # the run's config (adapter in `output.output_dir`)
+                        out=None,   # folder for the two merged models (default: a temporary one, removed after)
+                       ) -> dict:   # `{'base': loss, 'dequantized': loss}`
+    "Merge the run's adapter both ways and return each merged model's validation loss."
+    import tempfile
+    c = load_config(cfg)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        losses = {m: eval_loss(merge(c, out=Path(tmp)/m, mode=m).path, c) for m in ('base', 'dequantized')}
+    log.info('validation loss of the merged model: base %.4f, dequantized %.4f (difference %+.4f)', losses['base'], losses['dequantized'], losses['dequantized'] - losses['base'])
+    return losses
