@@ -143,7 +143,7 @@ def test_llamacpp_logits(tmp_path, family):
         ids = _chat_ids(tok, p)
         with torch.no_grad(): ref = model(torch.tensor([ids])).logits[0, -1].numpy()
         scale = np.abs(ref).max()
-        for kind, tol in (('f16', 0.02), ('q8_0', 0.06)):
+        for kind, tol in (('f16', 0.005), ('q8_0', 0.06)):  # f16: 10x below what ignoring Llama 3.1 rope scaling costs here (1.3%)
             got = _llama_logits(res.files[kind], ids)
             err = np.abs(got - ref).max() / scale
             print(f'{family} {kind} {p!r}: top {got.argmax()} vs {ref.argmax()}, max |diff|/max|logit| = {err:.4f}')
