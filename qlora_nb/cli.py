@@ -130,14 +130,20 @@ def cmd_chat(args) -> int:
 # %% ../nbs/90_cli.ipynb #130749d3
 def cmd_merge(args) -> int:
     "Merge the adapter into a standalone 16-bit model."
-    return _not_yet('merge')
+    from qlora_nb.merge import merge
+    over = {'output.merge_mode': args.mode, 'output.merged_dir': args.out}
+    c = load_config(args.config, {**parse_sets(args.set), **{k:v for k,v in over.items() if v is not None}})
+    print(merge(c))
+    return 0
 
 # %% ../nbs/90_cli.ipynb #c0703bb7
 def cmd_export(args) -> int:
     "Export GGUF files and an Ollama Modelfile."
-    return _not_yet('export')
-
-
+    from qlora_nb.export import export
+    over = {'output.gguf_types': [t.strip() for t in args.gguf.split(',') if t.strip()] if args.gguf else None, 'output.gguf_dir': args.out}
+    c = load_config(args.config, {**parse_sets(args.set), **{k:v for k,v in over.items() if v is not None}})
+    print(export(c))
+    return 0
 
 # %% ../nbs/90_cli.ipynb #d5fda6f1
 def _with_config(p, help='the YAML config (ours or Axolotl)'):
