@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['QUANT_CHOICES', 'MODEL_KEYS', 'QUANT_KEYS', 'LORA_KEYS', 'quant_choice', 'quant_picker', 'size', 'MemoryView',
-           'SetupPanel']
+           'load_report', 'SetupPanel']
 
-# %% ../nbs/81_setup_panel.ipynb #a2b41096
+# %% ../nbs/81_setup_panel.ipynb #5770400d
 import html
 from .widgets import (ConfigStore, Debounce, Panel, Setting, Status, STYLE, as_store, config_form, heading,
-                              library, tip, widgets)
+                              library, run_in_background, tip, widgets)
 
 # %% ../nbs/81_setup_panel.ipynb #cb100864
 QUANT_CHOICES = {
@@ -99,7 +99,16 @@ class MemoryView:
         import re
         return re.sub('<[^>]+>', ' ', self.summary.value + self.table.value + self.advice.value)
 
-# %% ../nbs/81_setup_panel.ipynb #6b35b728
+# %% ../nbs/81_setup_panel.ipynb #853ac378
+def load_report(config) -> str:
+    "Load the base model and attach the adapters as `config` says; the memory line and the trainable-parameter report."
+    from qlora_nb.model import load_model, memory_line
+    from qlora_nb.lora import attach_lora, trainable_report
+    model, _ = load_model(config)
+    model = attach_lora(model, config)
+    return memory_line(model) + '\n' + trainable_report(model)
+
+# %% ../nbs/81_setup_panel.ipynb #c94f295a
 MODEL_KEYS = ['model.base_model', 'model.trust_remote_code']
 QUANT_KEYS = ['quantization.double_quant', 'quantization.compute_dtype']
 LORA_KEYS = ['lora.r', 'lora.alpha', 'lora.dropout', 'lora.target_modules', 'lora.use_rslora', 'lora.use_dora']
@@ -108,15 +117,35 @@ class SetupPanel(Panel):
     "Model, quantization and LoRA settings with the live memory estimate."
     def __init__(self, config=None, # a `ConfigStore`, `Config`, YAML path, or nothing for the defaults
                  estimate=None, fixes=None, # the estimator (see `MemoryView`)
+                 load=None, # `load(config) -> str` report of a real load; `load_report` when empty
                  delay:float=0.3):
         W = widgets()
         self.store = as_store(config)
         model = Setting(self.store, 'model.base_model', options=['builtin:tiny-llama', 'builtin:tiny-qwen'])
         self.memory = MemoryView(self.store, estimate, fixes, delay)
+        self.load, self.status = load or load_report, Status()
+        self.load_button = W.Button(description='Load', icon='download')
+        tip(self.load_button, 'Load the model as configured and attach LoRA: shows the trainable parameters per module')
+        self.load_button.add_class('qlora-load-model')
+        self.load_button.on_click(lambda b: self.load_model())
+        self.report = W.HTML()
+        self.report.add_class('qlora-load-report')
         left = W.VBox([heading('Model'), model.widget, config_form(self.store, MODEL_KEYS[1:]),
                        heading('Quantization', 'of the frozen base weights'), quant_picker(self.store), config_form(self.store, QUANT_KEYS),
                        heading('LoRA', 'the trainable adapters'), config_form(self.store, LORA_KEYS),
                        heading('Budget'), config_form(self.store, ['training.memory_budget_gib'])])
-        self.widget = W.HBox([left, W.VBox([heading('Memory', 'estimated before loading any weight'), self.memory.widget],
-                                           layout=W.Layout(margin='0 0 0 24px'))])
+        right = W.VBox([heading('Memory', 'estimated before loading any weight'), self.memory.widget,
+                        heading('Load', 'the real model, to check what trains'), self.load_button, self.status.widget, self.report],
+                       layout=W.Layout(margin='0 0 0 24px'))
+        self.widget = W.HBox([left, right])
         self.widget.add_class('qlora-setup-panel')
+
+    def load_model(self):
+        "Load in the background and show the report; returns the thread."
+        import html
+        config = self.store.config
+        def done(text):
+            self.report.value = f'<pre style="font-size:12px">{html.escape(text)}</pre>'
+            self.status.ok('Loaded.')
+        self.task = run_in_background(lambda: self.load(config), self.status, [self.load_button], start='Loading the model…', done=done)
+        return self.task
