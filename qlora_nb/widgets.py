@@ -152,6 +152,8 @@ def _codec(tp):
     same = lambda v: v
     if tp is bool: return 'check', None, bool, bool
     if (ch := _choices(core, opt)) is not None: return 'choice', ch, same, same
+    if len(core) == 1 and get_origin(core[0]) is list and get_origin(get_args(core[0])[0]) is Literal:
+        return 'multi', [(str(v), v) for v in get_args(get_args(core[0])[0])], lambda v: tuple(v or ()), list
     if core in ([int], [float]) and not opt: return core[0].__name__, None, same, same
     if core in ([int], [float]): return 'text', None, lambda v: '' if v is None else str(v), _number(core[0], True)
     if core == [str]: return 'text', None, lambda v: v or '', (lambda s: s.strip() or None) if opt else (lambda s: s)
@@ -186,6 +188,7 @@ class Setting:
         name = _parts(key)[-1][0]
         label = label or name + (f' ({UNITS[name]})' if name in UNITS else '')
         make = {'check': lambda: W.Checkbox(indent=False), 'choice': lambda: W.Dropdown(options=choices),
+                'multi': lambda: W.SelectMultiple(options=choices, rows=len(choices)),
                 'int': W.IntText, 'float': W.FloatText,
                 'text': lambda: W.Combobox(options=options, ensure_option=False, continuous_update=False) if options else W.Text(continuous_update=False)}[kind]
         self.input = make()
