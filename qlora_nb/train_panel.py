@@ -15,9 +15,6 @@ TRAIN_KEYS = ['training.max_steps', 'training.num_epochs', 'training.micro_batch
               'training.gradient_checkpointing', 'training.logging_steps', 'training.eval_steps', 'training.save_steps',
               'training.seed', 'output.output_dir']
 
-def _live_view():
-    from qlora_nb.live import NotebookView
-    return NotebookView()
 
 def run_summary(history:list[dict]) -> str:
     "One line about a finished run from its logged history: steps, last training loss, last eval loss."
@@ -34,7 +31,7 @@ class TrainPanel(Panel):
                  make_view=None): # a new live view per run (with `.widget`); `qlora_nb.live.NotebookView` when empty
         W = widgets()
         self.store, self.run = as_store(config), None
-        self.train, self.make_view = train or library('train', 'train'), make_view or _live_view
+        self.train, self.make_view = train or library('train', 'train'), make_view or library('live', 'NotebookView')
         self.status = Status()
         self.start_button = W.Button(description='Start training', button_style='success', icon='play')
         self.stop_button = W.Button(description='Stop', button_style='danger', icon='stop', disabled=True)
@@ -50,10 +47,11 @@ class TrainPanel(Panel):
                               self.status.widget, self.view_box])
         self.widget.add_class('qlora-train-panel')
 
-    def start(self) -> 'threading.Thread':
-        "Start a run in the background; returns the thread that waits for it."
+    def start(self):
+        "Start a run in the background; returns the thread that waits for it (None when the view cannot be made)."
         config = copy.deepcopy(self.store.config)
-        view = self.make_view()
+        try: view = self.make_view()
+        except Exception as e: return self.status.error(e)
         self.view_box.children = [view.widget]
         def work():
             self.run = self.train(config, background=True, view=view)
