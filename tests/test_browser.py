@@ -1,0 +1,197 @@
+"""The notebook app in a real browser: JupyterLab on 127.0.0.1, driven by Playwright with Debian's Chromium.
+
+Opens a notebook that builds `qlora_nb.app()` on the tiny default config, runs it, uses every panel, asserts on
+the text the page renders, fails on JavaScript errors, and saves a screenshot of each step under
+`$QLORA_NB_ARTIFACTS/browser` (or a temporary folder; the path is printed). `.ci/browser-deps` installs Chromium.
+Steps whose library function is not installed yet check that the panel says so clearly instead.
+"""
+import importlib.util, json, os, secrets, shutil, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+import pytest
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
+has = lambda module: importlib.util.find_spec(f'qlora_nb.{module}') is not None
+
+NOTEBOOK_CELLS = [
+    "import qlora_nb\n"
+    "c = qlora_nb.Config()\n"
+    "c.training.max_steps = 40\n"
+    "c.training.logging_steps = 1\n"
+    "c.output.output_dir = 'outputs/browser-run'\n"
+    "a = qlora_nb.app(c)\n"
+    "a",
+    "print('r is', c.lora.r)",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _notebook(path:Path):
+    cells = [dict(cell_type='code', source=src, metadata={}, outputs=[], execution_count=None, id=f'c{i}') for i, src in enumerate(NOTEBOOK_CELLS)]
+    nb = dict(cells=cells, metadata=dict(kernelspec=dict(name='python3', display_name='Python 3', language='python')), nbformat=4, nbformat_minor=5)
+    path.write_text(json.dumps(nb))
+
+
+@pytest.fixture
+def lab(tmp_path):
+    "A JupyterLab server in `tmp_path` on a free port with a token; yields (url of the notebook, root)."
+    root, home = tmp_path/'work', tmp_path/'home'
+    root.mkdir(); home.mkdir()
+    _notebook(root/'app.ipynb')
+    settings = home/'lab-settings'/'@jupyterlab'/'apputils-extension'
+    settings.mkdir(parents=True)
+    (settings/'notification.jupyterlab-settings').write_text(json.dumps({'fetchNews': 'false', 'checkForUpdates': False}))
+    tracker = home/'lab-settings'/'@jupyterlab'/'notebook-extension'
+    tracker.mkdir(parents=True)
+    (tracker/'tracker.jupyterlab-settings').write_text(json.dumps({'autoStartDefaultKernel': True}))
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home/'config'), JUPYTER_RUNTIME_DIR=str(home/'runtime'),
+               JUPYTERLAB_SETTINGS_DIR=str(home/'lab-settings'), JUPYTERLAB_WORKSPACES_DIR=str(home/'workspaces'),
+               OMP_NUM_THREADS='1', TOKENIZERS_PARALLELISM='false')
+    log = open(tmp_path/'jupyter.log', 'w')
+    proc = subprocess.Popen([sys.executable, '-m', 'jupyter', 'lab', '--no-browser', f'--port={port}', '--ServerApp.ip=127.0.0.1',
+                             f'--ServerApp.root_dir={root}', f'--IdentityProvider.token={token}', '--ServerApp.port_retries=0', '--allow-root'],
+                            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f'http://127.0.0.1:{port}'
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f'{base}/api/status?token={token}', timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None: pytest.fail(f'JupyterLab exited: {(tmp_path/"jupyter.log").read_text()[-3000:]}')
+                time.sleep(0.5)
+        else: pytest.fail('JupyterLab did not start in 60 s')
+        # Start the notebook's kernel through the REST API, so the page opens attached to it (no kernel dialog).
+        req = urllib.request.Request(f'{base}/api/sessions', method='POST', headers={'Authorization': f'token {token}', 'Content-Type': 'application/json'},
+                                     data=json.dumps(dict(path='app.ipynb', name='app.ipynb', type='notebook', kernel=dict(name='python3'))).encode())
+        urllib.request.urlopen(req, timeout=60)
+        yield f'{base}/lab/tree/app.ipynb?token={token}', root
+    finally:
+        proc.terminate()
+        try: proc.wait(10)
+        except subprocess.TimeoutExpired: proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def shots(tmp_path):
+    "The folder for screenshots: `$QLORA_NB_ARTIFACTS/browser`, else a temporary one."
+    d = Path(os.environ['QLORA_NB_ARTIFACTS'])/'browser' if os.environ.get('QLORA_NB_ARTIFACTS') else tmp_path/'screenshots'
+    d.mkdir(parents=True, exist_ok=True)
+    (d/'failure.png').unlink(missing_ok=True)
+    print(f'\nbrowser screenshots: {d}')
+    return d
+
+
+def _text(page, selector:str) -> str:
+    return page.locator(selector).first.inner_text()
+
+
+def _wait_text(page, selector:str, pred, timeout:float=120, what:str='') -> str:
+    "Poll the text of `selector` until `pred(text)`; fail with the last text seen."
+    end, last = time.time() + timeout, ''
+    while time.time() < end:
+        loc = page.locator(selector)
+        if loc.count():
+            last = loc.first.inner_text()
+            if pred(last): return last
+        page.wait_for_timeout(250)
+    pytest.fail(f'{what or selector}: not shown within {timeout} s; last text: {last!r}')
+
+
+def _tab(page, title:str):
+    page.locator('.qlora-app .lm-TabBar-tab', has_text=title).first.click()
+    page.wait_for_timeout(300)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason='Chromium is not installed: run .ci/browser-deps')
+def test_app_in_jupyterlab(lab, shots):
+    from playwright.sync_api import sync_playwright
+    url, root = lab
+    errors = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=['--no-sandbox', '--disable-dev-shm-usage'])
+        page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+        page.on('console', lambda m: errors.append(f'console: {m.text}') if m.type == 'error' else None)
+        page.on('pageerror', lambda e: errors.append(f'page error: {e}'))
+        try:
+            page.goto(url)
+            page.locator('.jp-Notebook').first.wait_for(timeout=60_000)
+            page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(timeout=60_000)
+            page.wait_for_timeout(1000)
+            select = page.locator('.jp-Dialog button', has_text='Select')
+            if select.count(): select.first.click()  # the kernel dialog, should the settings above not be read in time
+            page.locator('.lm-MenuBar-itemLabel', has_text='Run').first.click()
+            page.locator('.lm-Menu-itemLabel', has_text='Run All Cells').first.click()
+            page.locator('.qlora-app').first.wait_for(timeout=60_000)
+
+            # Model: the estimate appears, and follows the LoRA rank.
+            before = _wait_text(page, '.qlora-memory', lambda t: 'estimated peak' in t, what='memory estimate')
+            table_before = _text(page, '.qlora-setup-panel')
+            page.screenshot(path=shots/'1-model.png', full_page=True)
+            r = page.locator('.qlora-lora-r input').first
+            r.fill('64'); r.press('Enter')
+            after = _wait_text(page, '.qlora-memory', lambda t: 'estimated peak' in t and t != before, 30, 'memory estimate after r=64')
+            assert after != before
+            assert _text(page, '.qlora-setup-panel') != table_before
+            page.screenshot(path=shots/'2-model-r64.png', full_page=True)
+
+            # Data: preview row 0.
+            _tab(page, 'Data')
+            page.locator('.qlora-preview').first.click()
+            if has('preview'):
+                _wait_text(page, '.qlora-preview-output', lambda t: len(t.strip()) > 20, 180, 'preview of row 0')
+            else:
+                _wait_text(page, '.qlora-data-panel .qlora-status', lambda t: 'qlora_nb.preview' in t and 'update qlora_nb' in t, 30, 'missing-preview message')
+            page.screenshot(path=shots/'3-data-preview.png', full_page=True)
+
+            # Train: start, see the live view, stop.
+            _tab(page, 'Train')
+            page.locator('.qlora-train-start').first.click()
+            if has('train') and has('live'):
+                _wait_text(page, '.qlora-train-view', lambda t: 'step' in t.lower(), 300, 'live training view')
+                page.wait_for_timeout(3000)
+                page.screenshot(path=shots/'4-train-running.png', full_page=True)
+                page.locator('.qlora-train-stop').first.click()
+                _wait_text(page, '.qlora-train-panel .qlora-status', lambda t: t.startswith('Finished'), 300, 'end of training')
+            else:
+                _wait_text(page, '.qlora-train-panel .qlora-status', lambda t: 'not part of this installation' in t, 30, 'missing-train message')
+            page.screenshot(path=shots/'5-train-done.png', full_page=True)
+
+            # Chat: load, ask.
+            _tab(page, 'Chat')
+            page.locator('.qlora-chat-load').first.click()
+            if has('chat') and has('train'):
+                _wait_text(page, '.qlora-chat-panel .qlora-status', lambda t: t.startswith('Loaded'), 180, 'chat model loaded')
+                page.locator('.qlora-chat-prompt textarea').first.fill('What is the capital of France?')
+                page.locator('.qlora-chat-send').first.click()
+                _wait_text(page, '.qlora-conversation', lambda t: 'assistant' in t and len(t.split('assistant', 1)[1].strip()) > 0, 120, 'chat answer')
+            else:
+                _wait_text(page, '.qlora-chat-panel .qlora-status', lambda t: 'not part of this installation' in t, 30, 'missing-chat message')
+            page.screenshot(path=shots/'6-chat.png', full_page=True)
+
+            # Export: merge.
+            _tab(page, 'Export')
+            page.locator('.qlora-merge').first.click()
+            if has('merge') and has('train'):
+                _wait_text(page, '.qlora-export-panel .qlora-status', lambda t: t.startswith('Merging done'), 300, 'merge')
+            else:
+                _wait_text(page, '.qlora-export-panel .qlora-status', lambda t: 'not part of this installation' in t, 30, 'missing-merge message')
+            page.screenshot(path=shots/'7-export.png', full_page=True)
+
+            # Config: the YAML shows what the panels set, and the kernel saw it too.
+            _tab(page, 'Config')
+            assert 'r: 64' in _text(page, '.qlora-yaml')
+            page.screenshot(path=shots/'8-config.png', full_page=True)
+        except BaseException:
+            page.screenshot(path=shots/'failure.png', full_page=True)
+            print('page text at the failure:\n' + page.locator('.jp-Notebook').first.inner_text()[-4000:], '\nerrors:', errors)
+            raise
+        finally: browser.close()
+    assert not errors, 'JavaScript errors in the page:\n' + '\n'.join(errors)
