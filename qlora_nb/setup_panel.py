@@ -28,7 +28,7 @@ def quant_picker(store:ConfigStore):
     "A dropdown of `QUANT_CHOICES` bound to the quantization settings."
     W = widgets()
     dd = W.Dropdown(options=list(QUANT_CHOICES), value=quant_choice(store.config.quantization),
-                    description='quantization', style=STYLE, layout=W.Layout(width='440px'))
+                    description='quantization', style=STYLE, layout=W.Layout(width='460px'))
     tip(dd, 'How the frozen base weights are stored. NF4 is the QLoRA paper\'s choice; 8-bit uses about twice the '
             'memory; none trains plain LoRA on 16-bit weights.')
     dd.add_class('qlora-quantization')
@@ -61,7 +61,7 @@ class MemoryView:
         W = widgets()
         self.store, self.estimate = store, estimate or library('estimate', 'estimate')
         self.fixes = fixes or library('estimate', 'fixes')
-        self.bar = W.FloatProgress(value=0, min=0, max=1, description='GPU memory', style=STYLE, layout=W.Layout(width='440px'))
+        self.bar = W.FloatProgress(value=0, min=0, max=1, description='GPU memory', style=STYLE, layout=W.Layout(width='460px'))
         tip(self.bar, 'Estimated peak memory of training (weights, adapters, optimizer, activations) against the GPU or memory_budget_gib')
         self.summary, self.table, self.advice, self.status = W.HTML(), W.HTML(), W.HTML(), Status()
         self.summary.add_class('qlora-memory')

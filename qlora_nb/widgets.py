@@ -174,7 +174,7 @@ def _codec(tp):
 UNITS = {'sequence_len': 'tokens', 'memory_budget_gib': 'GiB', 'warmup_steps': 'steps', 'max_steps': 'steps',
          'logging_steps': 'steps', 'eval_steps': 'steps', 'save_steps': 'steps', 'micro_batch_size': 'samples',
          'num_epochs': 'epochs', 'val_set_size': 'fraction/rows', 'limit': 'rows'}
-STYLE = {'description_width': '190px'}
+STYLE = {'description_width': '210px'}
 
 def css_name(key:str) -> str:
     "The CSS class of the input bound to `key`: `lora.r` -> `qlora-lora-r`."
@@ -185,7 +185,7 @@ class Setting:
     def __init__(self, store:ConfigStore, key:str, # the setting, e.g. `lora.r`
                  label:str|None=None, # shown before the input; the field name (and unit) when empty
                  options:list|None=None, # suggestions offered for a text setting (a combobox that also takes any text)
-                 width:str='440px'):
+                 width:str='460px'):
         W, (tp, doc) = widgets(), key_info(key)
         self.store, self.key, self._syncing = store, key, False
         kind, choices, self.show, self.parse = _codec(tp)
@@ -311,7 +311,7 @@ def yaml_view(store:ConfigStore):
 def config_files(store:ConfigStore, path:str='qlora.yaml'):
     "A path box with Save and Load buttons for the store's config."
     W, st = widgets(), Status()
-    box = W.Text(value=path, description='config file', style=STYLE, layout=W.Layout(width='440px'))
+    box = W.Text(value=path, description='config file', style=STYLE, layout=W.Layout(width='460px'))
     tip(box, 'YAML file to save the settings to, or load them from (what `qlora-nb train FILE` reads)')
     save, load = W.Button(description='Save', icon='save'), W.Button(description='Load', icon='folder-open')
     save.add_class('qlora-save'); load.add_class('qlora-load')
