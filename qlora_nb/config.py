@@ -5,25 +5,25 @@
 # %% auto #0
 __all__ = ['BUILTIN_PREFIX', 'SECTIONS', 'ALIASES', 'RULES', 'QloraError', 'QloraWarning', 'Problem', 'ConfigError', 'setting',
            'ModelConfig', 'QuantConfig', 'LoraConfig', 'DatasetConfig', 'DataConfig', 'TrainConfig', 'OutputConfig',
-           'Config', 'field_docs', 'describe_type', 'conform', 'suggest', 'build', 'validate', 'config_to_dict',
-           'config_from_dict', 'read_yaml', 'is_axolotl', 'apply_overrides', 'load_config', 'save_config',
-           'config_yaml', 'get_setting', 'set_setting']
+           'ChatConfig', 'Config', 'field_docs', 'describe_type', 'conform', 'suggest', 'build', 'validate',
+           'config_to_dict', 'config_from_dict', 'read_yaml', 'is_axolotl', 'apply_overrides', 'load_config',
+           'save_config', 'config_yaml', 'get_setting', 'set_setting']
 
-# %% ../nbs/00_config.ipynb #12dedcee
+# %% ../nbs/00_config.ipynb #53eb4f0a
 import copy, dataclasses, difflib, json, os, types, warnings
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
-# %% ../nbs/00_config.ipynb #3bf5f43d
+# %% ../nbs/00_config.ipynb #3063c9ed
 class QloraError(Exception):
     "A mistake the user can fix: the message says what happened, where, and what to do. Printed without a traceback."
 
 class QloraWarning(UserWarning):
     "Something the user should know about, that does not stop the run (for example an Axolotl key we do not use)."
 
-# %% ../nbs/00_config.ipynb #8e520487
+# %% ../nbs/00_config.ipynb #5dc871cf
 @dataclass
 class Problem:
     "One thing wrong with a config: where it is, what is wrong, and how to fix it."
@@ -43,7 +43,7 @@ class ConfigError(QloraError, ValueError):
         self.problems = list(problems)
         super().__init__('\n'.join(str(p) for p in self.problems))
 
-# %% ../nbs/00_config.ipynb #0de28750
+# %% ../nbs/00_config.ipynb #73bcbcb9
 def setting(default,        # the default value (lists and dicts are copied per instance)
             *, ge=None,     # value must be >= this
             gt=None,        # value must be > this
@@ -55,7 +55,7 @@ def setting(default,        # the default value (lists and dicts are copied per 
         return field(default_factory=lambda: copy.deepcopy(default), metadata=md)
     return field(default=default, metadata=md)
 
-# %% ../nbs/00_config.ipynb #5060e426
+# %% ../nbs/00_config.ipynb #784dbf13
 BUILTIN_PREFIX = 'builtin:'  # model and dataset paths starting with this are built or shipped by qlora_nb
 
 @dataclass
@@ -168,6 +168,9 @@ class TrainConfig:
     fsdp:list[str]|None=None # FSDP options as Axolotl writes them, e.g. `[full_shard, auto_wrap]`
     fsdp_config:dict[str,Any]|None=None # FSDP settings passed to accelerate
     resume_from_checkpoint:str|bool|None=None # a checkpoint folder, or `true` for the latest in `output_dir`
+    nan_guard:bool=True # stop at the first NaN or infinite loss or gradient norm, naming the rows of that step
+    grad_norm_alarm:float|None=setting(1000.0, gt=0) # stop when the gradient norm stays above this for `alarm_steps` steps; empty turns it off
+    alarm_steps:int=setting(3, ge=1) # consecutive steps above `grad_norm_alarm` before stopping
 
 @dataclass
 class OutputConfig:
@@ -178,6 +181,15 @@ class OutputConfig:
     gguf_types:list[Literal['f16','bf16','q8_0']]=setting(['q8_0']) # GGUF files to export
 
 @dataclass
+class ChatConfig:
+    "How the trained model answers: generation settings for chat and for the demo's before/after answers."
+    max_new_tokens:int=setting(256, ge=1) # longest answer, in tokens
+    temperature:float=setting(0.7, ge=0) # sampling temperature; 0 is greedy (the same answer every time)
+    top_p:float=setting(0.9, gt=0, le=1) # nucleus sampling: keep the most likely tokens up to this probability
+    repetition_penalty:float=setting(1.0, gt=0) # above 1 discourages repeating tokens
+    system_prompt:str|None=None # system message put before every conversation
+
+@dataclass
 class Config:
     "Everything a run needs. Sections mirror the pipeline: model -> quantization -> lora -> data -> training -> output."
     model:ModelConfig=setting(ModelConfig())
@@ -186,11 +198,12 @@ class Config:
     data:DataConfig=setting(DataConfig())
     training:TrainConfig=setting(TrainConfig())
     output:OutputConfig=setting(OutputConfig())
+    chat:ChatConfig=setting(ChatConfig())
     strict:bool=False # Axolotl's `strict`: keys qlora_nb does not support are an error instead of a warning
 
 SECTIONS = [f.name for f in fields(Config) if is_dataclass(f.type)]
 
-# %% ../nbs/00_config.ipynb #5740fec0
+# %% ../nbs/00_config.ipynb #d24dd621
 def field_docs(cls) -> dict[str,str]:
     "The trailing comment of each field of the dataclass `cls`."
     from fastcore.docments import docments
@@ -199,7 +212,7 @@ def field_docs(cls) -> dict[str,str]:
     if cls.__module__ == '__main__': cls = getattr(importlib.import_module('qlora_nb.config'), cls.__name__, cls)
     return {k:v for k,v in docments(cls).items() if k in {f.name for f in fields(cls)} and v}
 
-# %% ../nbs/00_config.ipynb #03eccd3a
+# %% ../nbs/00_config.ipynb #82c4b6bc
 def describe_type(tp) -> str:
     "A reader's description of the type hint `tp`, for messages."
     o = get_origin(tp)
@@ -218,7 +231,7 @@ def _shown(v) -> str:
     kind = {bool:'a boolean', int:'an integer', float:'a number', str:'a string', list:'a list', dict:'a mapping', type(None):'empty'}.get(type(v), type(v).__name__)
     return f"{json.dumps(v) if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()} ({kind})"
 
-# %% ../nbs/00_config.ipynb #dcba044c
+# %% ../nbs/00_config.ipynb #5f1f0bf7
 _NO = object()  # marks a value that does not fit a type
 
 def conform(v, tp):
@@ -252,7 +265,7 @@ def conform(v, tp):
         return _NO if any(x is _NO for x in items.values()) else items
     raise TypeError(f'conform: unsupported type hint {tp!r}')
 
-# %% ../nbs/00_config.ipynb #d047f152
+# %% ../nbs/00_config.ipynb #0663b51c
 def _all_keys() -> dict[str,str]:
     "Every field name of every section -> its dotted path, for suggestions."
     out = {}
@@ -287,7 +300,7 @@ def suggest(key:str,        # the unknown key
     if close: return f'did you mean `{elsewhere[close[0]]}`?'
     return ''
 
-# %% ../nbs/00_config.ipynb #6a3c052c
+# %% ../nbs/00_config.ipynb #6a58a034
 _BOUNDS = {'ge': ('at least', lambda v,b: v>=b), 'gt': ('above', lambda v,b: v>b),
            'le': ('at most', lambda v,b: v<=b), 'lt': ('below', lambda v,b: v<b)}
 
@@ -351,7 +364,7 @@ def _build_value(f, tp, v, k, problems, given):
         return _NO
     return r
 
-# %% ../nbs/00_config.ipynb #dc8102e6
+# %% ../nbs/00_config.ipynb #a908fc92
 def _rule_precision(c:Config, given):
     t, q = c.training, c.quantization
     if t.bf16 is True and t.fp16:
@@ -411,12 +424,12 @@ def _rule_schedule(c:Config, given):
 
 RULES = [_rule_precision, _rule_quant, _rule_devices, _rule_data, _rule_schedule]
 
-# %% ../nbs/00_config.ipynb #f8f61502
+# %% ../nbs/00_config.ipynb #fb061541
 def validate(c:Config, given:set|None=None) -> list[Problem]:
     "Every problem with the combination of settings in `c` (types and ranges are checked by `build`)."
     return [p for rule in RULES for p in rule(c, given or set())]
 
-# %% ../nbs/00_config.ipynb #79a4096c
+# %% ../nbs/00_config.ipynb #90e5cfec
 def config_to_dict(c) -> dict:
     "The config `c` as plain dicts and lists, every setting included."
     return dataclasses.asdict(c)
@@ -453,7 +466,7 @@ def _line_of(key:str, lines:dict):
         key = key.rsplit('.', 1)[0] if '.' in key else (key.split('[')[0] if '[' in key else '')
     return None
 
-# %% ../nbs/00_config.ipynb #0e23e1c3
+# %% ../nbs/00_config.ipynb #b9d3afe6
 def _node_lines(node, prefix='', out=None, dups=None):
     "Walk a composed YAML node: dotted key -> line (1-based), and keys written twice."
     out = {} if out is None else out
@@ -496,7 +509,7 @@ def read_yaml(path) -> tuple[dict, dict]:
         raise ConfigError([Problem(k, f'is written twice (lines {a} and {b}); YAML would silently keep only the last.', 'delete one of them.', line=b, file=str(path)) for k,a,b in dups])
     return data, lines
 
-# %% ../nbs/00_config.ipynb #50d462c8
+# %% ../nbs/00_config.ipynb #15bbce2c
 def is_axolotl(d:dict) -> bool:
     "Does the mapping `d` look like an Axolotl config (flat keys) rather than ours (sections)?"
     from qlora_nb.axolotl import AXOLOTL_KEYS
@@ -554,7 +567,7 @@ def config_yaml(c:Config, comments:bool=False) -> str:
             out += [f'  # {docs[f.name]}'] + ['  ' + l for l in body.splitlines()]
     return '\n'.join(out) + '\n'
 
-# %% ../nbs/00_config.ipynb #c63d4334
+# %% ../nbs/00_config.ipynb #8c70e0e2
 def get_setting(c:Config, key:str):
     "The value of the dotted `key` in `c`, e.g. `get_setting(c, 'lora.r')`."
     obj = c

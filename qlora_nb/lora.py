@@ -61,10 +61,14 @@ def decoder_layers(model) -> list:
 
 def enable_checkpointing(model, every:int=1) -> int:
     "Checkpoint every `every`-th decoder layer (non-reentrant); returns how many layers are checkpointed."
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+    kw = {'use_reentrant': False}
+    if hasattr(model, 'activation_checkpointing_enable'):  # transformers >= 5.2x: every k-th layer built in
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw, every_n_layers=every)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        for i, layer in enumerate(decoder_layers(model)): layer.gradient_checkpointing = i % every == 0
     model.enable_input_require_grads()
     layers = decoder_layers(model)
-    for i, layer in enumerate(layers): layer.gradient_checkpointing = i % every == 0
     return sum(l.gradient_checkpointing for l in layers)
 
 def prepare_for_training(model, config:Config):
