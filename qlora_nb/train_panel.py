@@ -30,7 +30,7 @@ class TrainPanel(Panel):
                  train=None, # `train(config, background=True, view=...) -> Run`; `qlora_nb.train.train` when empty
                  make_view=None): # a new live view per run (with `.widget`); `qlora_nb.live.NotebookView` when empty
         W = widgets()
-        self.store, self.run = as_store(config), None
+        self.store, self.run, self.view = as_store(config), None, None
         self.train, self.make_view = train or library('train', 'train'), make_view or library('live', 'NotebookView')
         self.status = Status()
         self.start_button = W.Button(description='Start training', button_style='success', icon='play')
@@ -53,20 +53,23 @@ class TrainPanel(Panel):
         try: view = self.make_view()
         except Exception as e: return self.status.error(e)
         self.view_box.children = [view.widget]
+        self.view = view
         def work():
             self.run = self.train(config, background=True, view=view)
             self.stop_button.disabled = False
-            self.run.wait()
-            return self.run
-        def done(run):
-            self.stop_button.disabled = True
-            self.status.ok(f'Finished: {run_summary(run.history)}. Adapter in {config.output.output_dir}')
+            try: return self.run.wait()
+            finally: self.stop_button.disabled = True
+        def done(result):
+            early = ' (stopped early)' if getattr(result, 'stopped', False) else ''
+            self.status.ok(f'Finished: {run_summary(result.history)}{early}. Adapter in {config.output.output_dir}')
         self.task = run_in_background(work, self.status, [self.start_button], start='Training…', done=done)
         return self.task
 
     def stop(self):
         "Ask the current run to stop after its current step."
         if self.run is not None and not self.run.done:
-            self.run.stop()
+            # Through the live view when it has a stop of its own, so its button shows the stop too.
+            if hasattr(self.view, 'request_stop'): self.view.request_stop()
+            else: self.run.stop()
             self.stop_button.disabled = True
             self.status.info('Stopping after the current step…')
