@@ -43,7 +43,8 @@ class TrainPanel(Panel):
         self.view_box = W.VBox([])
         self.view_box.add_class('qlora-train-view')
         self.widget = W.VBox([heading('Training', 'one optimizer step = micro_batch_size x gradient_accumulation_steps samples'),
-                              config_form(self.store, TRAIN_KEYS), W.HBox([self.start_button, self.stop_button]),
+                              W.HBox([config_form(self.store, TRAIN_KEYS[:7]), config_form(self.store, TRAIN_KEYS[7:])]),
+                              W.HBox([self.start_button, self.stop_button]),
                               self.status.widget, self.view_box])
         self.widget.add_class('qlora-train-panel')
 

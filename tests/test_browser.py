@@ -5,7 +5,7 @@ the text the page renders, fails on JavaScript errors, and saves a screenshot of
 `$QLORA_NB_ARTIFACTS/browser` (or a temporary folder; the path is printed). `.ci/browser-deps` installs Chromium.
 Steps whose library function is not installed yet check that the panel says so clearly instead.
 """
-import importlib.util, json, os, secrets, shutil, socket, subprocess, sys, time, urllib.request
+import importlib.util, json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 
@@ -105,6 +105,17 @@ def _wait_text(page, selector:str, pred, timeout:float=120, what:str='') -> str:
     pytest.fail(f'{what or selector}: not shown within {timeout} s; last text: {last!r}')
 
 
+def _step(text:str) -> int:
+    "The step of the live view's `step N/M` line (0 before the first)."
+    m = re.search(r'step (\d+)/\d+', text)
+    return int(m[1]) if m else 0
+
+
+def _shot(page, path:Path):
+    "A screenshot of the app (the notebook scrolls inside the page, so a page shot would cut it)."
+    page.locator('.qlora-app').first.screenshot(path=path)
+
+
 def _tab(page, title:str):
     page.locator('.qlora-app .lm-TabBar-tab', has_text=title).first.click()
     page.wait_for_timeout(300)
@@ -117,7 +128,7 @@ def test_app_in_jupyterlab(lab, shots):
     errors = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=['--no-sandbox', '--disable-dev-shm-usage'])
-        page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+        page = browser.new_page(viewport={'width': 1400, 'height': 1600})
         page.on('console', lambda m: errors.append(f'console: {m.text}') if m.type == 'error' else None)
         page.on('pageerror', lambda e: errors.append(f'page error: {e}'))
         try:
@@ -134,35 +145,41 @@ def test_app_in_jupyterlab(lab, shots):
             # Model: the estimate appears, and follows the LoRA rank.
             before = _wait_text(page, '.qlora-memory', lambda t: 'estimated peak' in t, what='memory estimate')
             table_before = _text(page, '.qlora-setup-panel')
-            page.screenshot(path=shots/'1-model.png', full_page=True)
+            _shot(page, shots/'1-model.png')
             r = page.locator('.qlora-lora-r input').first
             r.fill('64'); r.press('Enter')
             after = _wait_text(page, '.qlora-memory', lambda t: 'estimated peak' in t and t != before, 30, 'memory estimate after r=64')
             assert after != before
             assert _text(page, '.qlora-setup-panel') != table_before
-            page.screenshot(path=shots/'2-model-r64.png', full_page=True)
+            _shot(page, shots/'2-model-r64.png')
 
             # Data: preview row 0.
             _tab(page, 'Data')
+            page.locator('.qlora-check-data').first.click()
+            _wait_text(page, '.qlora-data-report', lambda t: 'messages' in t and 'training sequences' in t, 180, 'data accounting')
             page.locator('.qlora-preview').first.click()
             if has('preview'):
                 _wait_text(page, '.qlora-preview-output', lambda t: len(t.strip()) > 20, 180, 'preview of row 0')
             else:
                 _wait_text(page, '.qlora-data-panel .qlora-status', lambda t: 'qlora_nb.preview' in t and 'update qlora_nb' in t, 30, 'missing-preview message')
-            page.screenshot(path=shots/'3-data-preview.png', full_page=True)
+            _shot(page, shots/'3-data-preview.png')
 
             # Train: start, see the live view, stop.
             _tab(page, 'Train')
             page.locator('.qlora-train-start').first.click()
             if has('train') and has('live'):
-                _wait_text(page, '.qlora-train-view', lambda t: 'step' in t.lower(), 300, 'live training view')
-                page.wait_for_timeout(3000)
-                page.screenshot(path=shots/'4-train-running.png', full_page=True)
+                # The progress line counts steps, and the plot is redrawn as they come.
+                _wait_text(page, '.qlora-train-view', lambda t: _step(t) >= 2, 300, 'live training view at step 2')
+                plot = page.locator('.qlora-train-view img').first
+                first = plot.get_attribute('src')
+                _wait_text(page, '.qlora-train-view', lambda t: _step(t) >= 4 and plot.get_attribute('src') != first, 120, 'the plot changing')
+                assert first and plot.bounding_box()['height'] > 100, 'the loss plot is not shown'
+                _shot(page, shots/'4-train-running.png')
                 page.locator('.qlora-train-stop').first.click()
                 _wait_text(page, '.qlora-train-panel .qlora-status', lambda t: t.startswith('Finished'), 300, 'end of training')
             else:
                 _wait_text(page, '.qlora-train-panel .qlora-status', lambda t: 'not part of this installation' in t, 30, 'missing-train message')
-            page.screenshot(path=shots/'5-train-done.png', full_page=True)
+            _shot(page, shots/'5-train-done.png')
 
             # Chat: load, ask.
             _tab(page, 'Chat')
@@ -174,7 +191,7 @@ def test_app_in_jupyterlab(lab, shots):
                 _wait_text(page, '.qlora-conversation', lambda t: 'assistant' in t and len(t.split('assistant', 1)[1].strip()) > 0, 120, 'chat answer')
             else:
                 _wait_text(page, '.qlora-chat-panel .qlora-status', lambda t: 'not part of this installation' in t, 30, 'missing-chat message')
-            page.screenshot(path=shots/'6-chat.png', full_page=True)
+            _shot(page, shots/'6-chat.png')
 
             # Export: merge.
             _tab(page, 'Export')
@@ -183,12 +200,12 @@ def test_app_in_jupyterlab(lab, shots):
                 _wait_text(page, '.qlora-export-panel .qlora-status', lambda t: t.startswith('Merging done'), 300, 'merge')
             else:
                 _wait_text(page, '.qlora-export-panel .qlora-status', lambda t: 'not part of this installation' in t, 30, 'missing-merge message')
-            page.screenshot(path=shots/'7-export.png', full_page=True)
+            _shot(page, shots/'7-export.png')
 
             # Config: the YAML shows what the panels set, and the kernel saw it too.
             _tab(page, 'Config')
             assert 'r: 64' in _text(page, '.qlora-yaml')
-            page.screenshot(path=shots/'8-config.png', full_page=True)
+            _shot(page, shots/'8-config.png')
         except BaseException:
             page.screenshot(path=shots/'failure.png', full_page=True)
             print('page text at the failure:\n' + page.locator('.jp-Notebook').first.inner_text()[-4000:], '\nerrors:', errors)
