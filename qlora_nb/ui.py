@@ -20,14 +20,14 @@ class App(Panel):
     "All panels in tabs over one config; `.panels` maps each tab title to its panel."
     def __init__(self, config=None, # a `ConfigStore`, `Config`, YAML path, or nothing for the defaults
                  estimate=None, fixes=None, load=None, # for the model panel (the library's when empty)
-                 render=None, # for the data panel
+                 prepare=None, render=None, histogram=None, # for the data panel
                  train=None, make_view=None, # for the train panel
                  load_chat=None, # for the chat panel
                  merge=None, export=None, # for the export panel
                  delay:float=0.3): # seconds between the last edit and the memory estimate
         W = widgets()
         self.store = as_store(config)
-        self.panels = dict(zip(TABS[:5], [SetupPanel(self.store, estimate, fixes, load, delay), DataPanel(self.store, render),
+        self.panels = dict(zip(TABS[:5], [SetupPanel(self.store, estimate, fixes, load, delay), DataPanel(self.store, prepare, render, histogram),
                                           TrainPanel(self.store, train, make_view), ChatPanel(self.store, load_chat),
                                           ExportPanel(self.store, merge, export)]))
         self.files = config_files(self.store)
