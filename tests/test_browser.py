@@ -198,6 +198,11 @@ def test_app_in_jupyterlab(lab, shots):
             page.locator('.qlora-merge').first.click()
             if has('merge') and has('train'):
                 _wait_text(page, '.qlora-export-panel .qlora-status', lambda t: t.startswith('Merging done'), 300, 'merge')
+                assert 'merged' in _text(page, '.qlora-export-paths')
+                if has('export'):
+                    page.locator('.qlora-export').first.click()
+                    _wait_text(page, '.qlora-export-panel .qlora-status', lambda t: t.startswith('Exporting done'), 300, 'GGUF export')
+                    assert '.gguf' in _text(page, '.qlora-export-paths')
             else:
                 _wait_text(page, '.qlora-export-panel .qlora-status', lambda t: 'not part of this installation' in t, 30, 'missing-merge message')
             _shot(page, shots/'7-export.png')
