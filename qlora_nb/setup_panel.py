@@ -72,6 +72,7 @@ class MemoryView:
 
     def refresh(self):
         "Recompute the estimate now and show it."
+        self.status.info('Estimating…')  # the first estimate of a model may build or read its config (seconds)
         try: est = self.estimate(self.store.config)
         except Exception as e:
             self.summary.value, self.table.value, self.advice.value = '', '', ''

@@ -175,6 +175,10 @@ def test_app_in_jupyterlab(lab, shots):
                 _wait_text(page, '.qlora-train-view', lambda t: _step(t) >= 4 and plot.get_attribute('src') != first, 120, 'the plot changing')
                 assert first and plot.bounding_box()['height'] > 100, 'the loss plot is not shown'
                 _shot(page, shots/'4-train-running.png')
+                # The kernel is free while training: another cell runs, and sees the rank set in the Model tab.
+                page.locator('.jp-Cell').nth(1).locator('.jp-InputArea-editor').first.click()
+                page.keyboard.press('Shift+Enter')
+                _wait_text(page, '.jp-Cell >> nth=1', lambda t: 'r is 64' in t, 30, 'a cell run during training')
                 page.locator('.qlora-train-stop').first.click()
                 _wait_text(page, '.qlora-train-panel .qlora-status', lambda t: t.startswith('Finished'), 300, 'end of training')
             else:
