@@ -303,7 +303,7 @@ def yaml_view(store:ConfigStore):
     "An HTML widget showing the config as YAML, kept up to date."
     w = widgets().HTML()
     w.add_class('qlora-yaml')
-    def show(changed=None): w.value = f'<pre style="font-size:12px;line-height:1.3">{html.escape(config_yaml(store.config))}</pre>'
+    def show(changed=None): w.value = f'<pre style="font-size:12px;line-height:1.3;max-height:480px;overflow:auto">{html.escape(config_yaml(store.config))}</pre>'
     show()
     store.observe(show)
     return w
