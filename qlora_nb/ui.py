@@ -41,6 +41,10 @@ class App(Panel):
     @property
     def config(self): return self.store.config
 
+    def refresh(self):
+        "Show changes made to the config object in code (`c.lora.r = 8`), after validating them."
+        self.store.refresh()
+
 def app(config=None, # a `Config`, a YAML path, or nothing for the defaults (the tiny demo model and data)
         **kwargs): # stand-ins for the library functions, see `App`
     "The notebook app: model, data, train, chat and export panels in tabs, all bound to one config."

@@ -105,6 +105,11 @@ class ConfigStore:
 
     def save(self, path): return save_config(self.config, path)
 
+    def refresh(self):
+        "After the config object was edited directly (`c.lora.r = 8` in a cell): validate it and update every view."
+        load_config(self.config)
+        for fn in list(self._observers): fn(set(_flat(self.config)))
+
     def _apply(self, new:Config):
         before = _flat(self.config)
         for f in fields(Config):
