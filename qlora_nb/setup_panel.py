@@ -134,7 +134,7 @@ class SetupPanel(Panel):
         left = W.VBox([heading('Model'), model.widget, config_form(self.store, MODEL_KEYS[1:]),
                        heading('Quantization', 'of the frozen base weights'), quant_picker(self.store), config_form(self.store, QUANT_KEYS),
                        heading('LoRA', 'the trainable adapters'), config_form(self.store, LORA_KEYS),
-                       heading('Budget'), config_form(self.store, ['training.memory_budget_gib'])])
+                       heading('Budget'), config_form(self.store, ['training.memory_budget_gib'])], layout=W.Layout(min_width='480px'))
         right = W.VBox([heading('Memory', 'estimated before loading any weight'), self.memory.widget,
                         heading('Load', 'the real model, to check what trains'), self.load_button, self.status.widget, self.report],
                        layout=W.Layout(margin='0 0 0 24px'))

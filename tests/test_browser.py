@@ -151,7 +151,17 @@ def test_app_in_jupyterlab(lab, shots):
             after = _wait_text(page, '.qlora-memory', lambda t: 'estimated peak' in t and t != before, 30, 'memory estimate after r=64')
             assert after != before
             assert _text(page, '.qlora-setup-panel') != table_before
+            # A budget too small: the bar turns red and the fixes are listed.
+            budget = page.locator('.qlora-training-memory-budget-gib input').first
+            budget.fill('0.3'); budget.press('Enter')
+            _wait_text(page, '.qlora-setup-panel', lambda t: 'does NOT fit' in t and 'To fit' in t, 60, 'the fixes for a small budget')
             _shot(page, shots/'2-model-r64.png')
+            budget.fill(''); budget.press('Enter')
+            _wait_text(page, '.qlora-memory', lambda t: 'no memory_budget_gib' in t, 30, 'the estimate without a budget')
+            # Load: the real model with its adapters, and the trainable-parameter report.
+            page.locator('.qlora-load-model').first.click()
+            _wait_text(page, '.qlora-load-report', lambda t: 'trainable params' in t, 180, 'the trainable-parameter report')
+            _shot(page, shots/'2b-model-loaded.png')
 
             # Data: preview row 0.
             _tab(page, 'Data')
