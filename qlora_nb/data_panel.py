@@ -86,7 +86,7 @@ class DataPanel(Panel):
             except Exception as e: return f'{data.report}\n(no length histogram: {e})', None
         def done(r):
             text, png = r
-            self.accounting.value = f'<pre style="font-size:12px">{html.escape(text)}</pre>'
+            self.accounting.value = f'<pre style="font-size:12px;white-space:pre;overflow-x:auto">{html.escape(text)}</pre>'
             if png: self.plot.value, self.plot.layout.display = png, ''
             self.status.ok('Data checked: every row is accounted for above.')
         self.task = run_in_background(work, self.status, self.busy, start='Processing the data…', done=done)

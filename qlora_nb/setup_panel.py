@@ -84,8 +84,8 @@ class MemoryView:
         self.bar.value = min(total, self.bar.max)
         self.bar.bar_style = {True: 'success', False: 'danger'}.get(fits, 'info')
         verdict = {True: 'fits', False: 'does NOT fit'}.get(fits, 'no GPU found and no memory_budget_gib set')
-        against = f' of {size(budget)}' if budget else ''
-        self.summary.value = f'<b>{size(total)}</b>{against} estimated peak: {verdict}'
+        against = f' for a budget of {size(budget)}' if budget else ''
+        self.summary.value = f'<b>{size(total)}</b> estimated peak{against}: {verdict}'
         self.table.value = _components_html(est.components)
         self.advice.value = self._advice(fits, budget)
 
@@ -146,7 +146,7 @@ class SetupPanel(Panel):
         import html
         config = self.store.config
         def done(text):
-            self.report.value = f'<pre style="font-size:12px">{html.escape(text)}</pre>'
+            self.report.value = f'<pre style="font-size:12px;white-space:pre;overflow-x:auto">{html.escape(text)}</pre>'
             self.status.ok('Loaded.')
         self.task = run_in_background(lambda: self.load(config), self.status, [self.load_button], start='Loading the model…', done=done)
         return self.task
