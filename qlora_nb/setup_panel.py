@@ -73,11 +73,14 @@ class MemoryView:
     def refresh(self):
         "Recompute the estimate now and show it."
         self.status.info('Estimating…')  # the first estimate of a model may build or read its config (seconds)
+        self._asked = asked = getattr(self, '_asked', 0) + 1
         try: est = self.estimate(self.store.config)
         except Exception as e:
+            if asked != self._asked: return
             self.summary.value, self.table.value, self.advice.value = '', '', ''
             self.bar.bar_style = 'warning'
             return self.status.error(e)
+        if asked != self._asked: return  # a newer estimate was asked for while this one ran: it shows instead
         self.status.widget.value = ''
         total, budget, fits = est.total_gib, est.budget_gib, est.fits
         self.bar.max = max(budget or total or 1, 1e-9)
@@ -100,7 +103,7 @@ class MemoryView:
         import re
         return re.sub('<[^>]+>', ' ', self.summary.value + self.table.value + self.advice.value)
 
-# %% ../nbs/81_setup_panel.ipynb #853ac378
+# %% ../nbs/81_setup_panel.ipynb #736e69b9
 def load_report(config) -> str:
     "Load the base model and attach the adapters as `config` says; the memory line and the trainable-parameter report."
     from qlora_nb.model import load_model, memory_line
@@ -109,7 +112,7 @@ def load_report(config) -> str:
     model = attach_lora(model, config)
     return memory_line(model) + '\n' + trainable_report(model)
 
-# %% ../nbs/81_setup_panel.ipynb #c94f295a
+# %% ../nbs/81_setup_panel.ipynb #f44ee89a
 MODEL_KEYS = ['model.base_model', 'model.trust_remote_code']
 QUANT_KEYS = ['quantization.double_quant', 'quantization.compute_dtype']
 LORA_KEYS = ['lora.r', 'lora.alpha', 'lora.dropout', 'lora.target_modules', 'lora.use_rslora', 'lora.use_dora']
