@@ -47,7 +47,8 @@ def paths_html(paths) -> str:
     "The written files, one per line, with their sizes."
     def one(p):
         size = sum(f.stat().st_size for f in p.rglob('*') if f.is_file()) if p.is_dir() else p.stat().st_size if p.exists() else 0
-        return f'<li><code>{html.escape(str(p))}</code> ({size/2**20:.1f} MiB)</li>'
+        shown = f'{size/2**20:.1f} MiB' if size >= 2**20 else f'{size/2**10:.1f} KiB'
+        return f'<li><code>{html.escape(str(p))}</code> ({shown})</li>'
     return '<ul class="qlora-export-paths">' + ''.join(one(p) for p in paths) + '</ul>'
 
 class ExportPanel(Panel):
