@@ -6,6 +6,8 @@ __version__ = "0.1.0"
 _PUBLIC = {
     'Config': 'config', 'load_config': 'config', 'save_config': 'config', 'config_yaml': 'config',
     'ConfigError': 'config', 'QloraError': 'config', 'to_axolotl': 'axolotl', 'build_tiny': 'tiny',
+    'app': 'ui', 'SetupPanel': 'setup_panel', 'DataPanel': 'data_panel', 'TrainPanel': 'train_panel',
+    'ChatPanel': 'chat_panel', 'ExportPanel': 'export_panel',
     'prepare_tokenizer': 'templates', 'resolve_template': 'templates', 'BUILTIN_TEMPLATES': 'templates',
     'prepare_data': 'data', 'make_collator': 'data', 'PreparedData': 'data', 'DataReport': 'data',
     'load_tokenizer': 'templates', 'preview_sample': 'preview', 'length_histogram': 'preview',
