@@ -25,10 +25,10 @@ def conversation_html(turns:list[dict]) -> str:
         else: out.append(_bubble(t['content'], 'assistant', '#e3f2fd'))
     return '<div class="qlora-conversation">' + ''.join(out) + '</div>'
 
-# %% ../nbs/84_chat_panel.ipynb #ccf722ff
+# %% ../nbs/84_chat_panel.ipynb #207db2ef
 def _can_turn_off_adapter(model) -> bool:
-    "Does `model.answer` take `adapter=False` (answer with the adapter disabled)?"
-    try: return 'adapter' in inspect.signature(model.answer).parameters
+    "Does `model.answer` take `base=True` (answer with the adapter disabled, as `ChatModel.answer` does)?"
+    try: return 'base' in inspect.signature(model.answer).parameters
     except (TypeError, ValueError): return False
 
 class ChatPanel(Panel):
@@ -94,6 +94,6 @@ class ChatPanel(Panel):
         turn['content'] = self.model.answer(messages, on_token=stream('content'))
         if compare:
             turn['base'] = ''
-            turn['base'] = self.model.answer(messages, on_token=stream('base'), adapter=False)
+            turn['base'] = self.model.answer(messages, on_token=stream('base'), base=True)
 
     def _draw(self): self.view.value = conversation_html(self.turns)
