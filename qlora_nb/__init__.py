@@ -8,7 +8,7 @@ _PUBLIC = {
     'ConfigError': 'config', 'QloraError': 'config', 'to_axolotl': 'axolotl', 'build_tiny': 'tiny',
     'prepare_tokenizer': 'templates', 'resolve_template': 'templates', 'BUILTIN_TEMPLATES': 'templates',
     'prepare_data': 'data', 'make_collator': 'data', 'PreparedData': 'data', 'DataReport': 'data',
-    'load_tokenizer': 'templates', 'preview_sample': 'preview', 'preview_config': 'preview', 'length_histogram': 'preview',
+    'preview_sample': 'preview', 'preview_config': 'preview', 'length_histogram': 'preview',
 }
 
 def __getattr__(name):

@@ -72,7 +72,8 @@ def cmd_preprocess(args) -> int:
     "Tokenize the data and report what was kept, dropped and trained."
     from qlora_nb.data import cached_prepare
     from qlora_nb.preview import preview_sample
-    from qlora_nb.templates import load_tokenizer, template_name
+    from qlora_nb.model import load_tokenizer
+    from qlora_nb.templates import template_name
     import datasets
     c = _load(args)
     if args.json: datasets.disable_progress_bars()
