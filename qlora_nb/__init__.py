@@ -6,9 +6,15 @@ __version__ = "0.1.0"
 _PUBLIC = {
     'Config': 'config', 'load_config': 'config', 'save_config': 'config', 'config_yaml': 'config',
     'ConfigError': 'config', 'QloraError': 'config', 'to_axolotl': 'axolotl', 'build_tiny': 'tiny',
+    'app': 'ui', 'SetupPanel': 'setup_panel', 'DataPanel': 'data_panel', 'TrainPanel': 'train_panel',
+    'ChatPanel': 'chat_panel', 'ExportPanel': 'export_panel',
     'prepare_tokenizer': 'templates', 'resolve_template': 'templates', 'BUILTIN_TEMPLATES': 'templates',
     'prepare_data': 'data', 'make_collator': 'data', 'PreparedData': 'data', 'DataReport': 'data',
-    'preview_sample': 'preview', 'preview_config': 'preview', 'length_histogram': 'preview',
+    'load_tokenizer': 'templates', 'preview_sample': 'preview', 'preview_config': 'preview', 'length_histogram': 'preview',
+    'merge': 'merge', 'merge_adapter': 'merge', 'MergeResult': 'merge', 'compare_merge_modes': 'merge',
+    'export': 'export', 'export_gguf': 'export', 'ExportResult': 'export',
+    'load_model': 'model', 'attach_lora': 'lora', 'trainable_report': 'lora', 'estimate': 'estimate', 'auto_fit': 'estimate',
+    'train': 'train', 'TrainResult': 'train', 'NotebookView': 'live', 'demo': 'demo', 'load_chat_model': 'chat', 'chat': 'chat',
 }
 
 def __getattr__(name):

@@ -6,14 +6,14 @@
 __all__ = ['parse_sets', 'cmd_config_check', 'cmd_config_init', 'cmd_config_from_axolotl', 'cmd_demo', 'cmd_preprocess',
            'cmd_estimate', 'cmd_train', 'cmd_chat', 'cmd_merge', 'cmd_export', 'make_parser', 'main', 'run']
 
-# %% ../nbs/90_cli.ipynb #ed57d686
-import argparse, contextlib, io, json, sys, warnings
+# %% ../nbs/90_cli.ipynb #3c105b39
+import argparse, contextlib, io, json, os, sys, warnings
 from pathlib import Path
 import yaml
 from .config import (Config, ConfigError, Problem, QloraError, QloraWarning, config_to_dict, config_yaml,
                              load_config, save_config)
 
-# %% ../nbs/90_cli.ipynb #fd1f74f0
+# %% ../nbs/90_cli.ipynb #0f50582c
 def parse_sets(items:list[str]|None) -> dict:
     "`['lora.r=32', 'training.bf16=false']` -> `{'lora.r': 32, 'training.bf16': False}` (values read as YAML)."
     out = {}
@@ -25,7 +25,7 @@ def parse_sets(items:list[str]|None) -> dict:
         except yaml.YAMLError: raise ConfigError([Problem(f'--set {it}', 'the value is not valid YAML.', 'quote it, e.g. `--set "data.chat_template=llama3"`.')]) from None
     return out
 
-# %% ../nbs/90_cli.ipynb #608a1e4f
+# %% ../nbs/90_cli.ipynb #0b7fe8c7
 def _load(args) -> Config:
     return load_config(args.config, parse_sets(getattr(args, 'set', None)))
 
@@ -57,23 +57,23 @@ def cmd_config_from_axolotl(args) -> int:
 def _not_yet(name:str):
     raise QloraError(f'`qlora-nb {name}` is not available in this version of qlora_nb yet.')
 
-# %% ../nbs/90_cli.ipynb #897fe758
+# %% ../nbs/90_cli.ipynb #9c71d59c
 def cmd_demo(args) -> int:
-    "Build the tiny demo model and check the demo config (training arrives with the training module)."
-    from qlora_nb.tiny import build_tiny, demo_data_path
-    c = load_config(Config(), parse_sets(args.set))
-    path = build_tiny(c.model.base_model.removeprefix('builtin:'))
-    print(f'demo model: {path}\ndemo data: {demo_data_path()}')
-    print(config_yaml(c), end='')
+    "Build the tiny model, QLoRA-train it on the demo data on this machine, and show that it learned."
+    from qlora_nb.demo import demo
+    sets = parse_sets(args.set)
+    steps = int(sets.pop('training.max_steps', args.steps))
+    d = demo(args.out or 'outputs/demo', steps, args.rows, sets)
+    print(d.report())
+    print(f'outputs: {args.out or "outputs/demo"} (adapter, loss.png, metrics.jsonl, demo_report.md)')
     return 0
 
-# %% ../nbs/90_cli.ipynb #f1831f3a
+# %% ../nbs/90_cli.ipynb #43c0f710
 def cmd_preprocess(args) -> int:
     "Tokenize the data and report what was kept, dropped and trained."
     from qlora_nb.data import cached_prepare
     from qlora_nb.preview import preview_sample
-    from qlora_nb.model import load_tokenizer
-    from qlora_nb.templates import template_name
+    from qlora_nb.templates import load_tokenizer, template_name
     import datasets
     c = _load(args)
     if args.json: datasets.disable_progress_bars()
@@ -89,34 +89,63 @@ def cmd_preprocess(args) -> int:
     for i in range(min(args.preview, len(pd.train))): print('\n' + preview_sample(pd, tok, i, 'ansi' if color else 'plain'))
     return 0
 
-# %% ../nbs/90_cli.ipynb #cd06b17d
+# %% ../nbs/90_cli.ipynb #ce5fb141
 def cmd_estimate(args) -> int:
     "Estimate GPU memory from the model config alone."
-    return _not_yet('estimate')
+    from qlora_nb.estimate import estimate, fixes
+    c = _load(args)
+    e = estimate(c, args.gpu_gib)
+    if args.json: print(json.dumps(e.to_dict(), indent=1)); return 0
+    print(f'memory estimate for {c.model.base_model} (micro batch {c.training.micro_batch_size} x {c.data.sequence_len} tokens, '
+          f'checkpointing {"on" if c.training.gradient_checkpointing else "off"}):')
+    print(e)
+    if e.fits is False:
+        print('to make it fit, in this order:'); print('\n'.join('  ' + f for f in fixes(c, e.budget_gib)))
+    return 0
 
-# %% ../nbs/90_cli.ipynb #fb73c0bf
+# %% ../nbs/90_cli.ipynb #f7495f3e
 def cmd_train(args) -> int:
-    "Train the adapter."
-    return _not_yet('train')
+    "Train the adapter (through `accelerate launch` when several GPUs are asked for)."
+    c = _load(args)
+    n = args.num_gpus or c.training.num_gpus
+    if n and n > 1 and int(os.environ.get('WORLD_SIZE', 1)) == 1:
+        from qlora_nb.multigpu import launch
+        return launch(args.config, n, args.set)
+    from qlora_nb.train import train
+    r = train(c)
+    print(r)
+    return 0
 
-# %% ../nbs/90_cli.ipynb #9006009b
+# %% ../nbs/90_cli.ipynb #02dc6b90
 def cmd_chat(args) -> int:
     "Chat with the trained model."
-    return _not_yet('chat')
+    from qlora_nb.chat import chat, load_chat_model
+    c = _load(args)
+    if args.adapter: c.output.output_dir = args.adapter
+    if not args.prompt: chat(c); return 0
+    cm = load_chat_model(c)
+    for q in args.prompt: print(f'you> {q}\nmodel> {cm.answer(q, base=args.no_adapter)}')
+    return 0
 
-# %% ../nbs/90_cli.ipynb #c223fbfc
+# %% ../nbs/90_cli.ipynb #130749d3
 def cmd_merge(args) -> int:
     "Merge the adapter into a standalone 16-bit model."
-    return _not_yet('merge')
+    from qlora_nb.merge import merge
+    over = {'output.merge_mode': args.mode, 'output.merged_dir': args.out}
+    c = load_config(args.config, {**parse_sets(args.set), **{k:v for k,v in over.items() if v is not None}})
+    print(merge(c))
+    return 0
 
-# %% ../nbs/90_cli.ipynb #0a6c9f4d
+# %% ../nbs/90_cli.ipynb #c0703bb7
 def cmd_export(args) -> int:
     "Export GGUF files and an Ollama Modelfile."
-    return _not_yet('export')
+    from qlora_nb.export import export
+    over = {'output.gguf_types': [t.strip() for t in args.gguf.split(',') if t.strip()] if args.gguf else None, 'output.gguf_dir': args.out}
+    c = load_config(args.config, {**parse_sets(args.set), **{k:v for k,v in over.items() if v is not None}})
+    print(export(c))
+    return 0
 
-
-
-# %% ../nbs/90_cli.ipynb #3b89b3e4
+# %% ../nbs/90_cli.ipynb #d5fda6f1
 def _with_config(p, help='the YAML config (ours or Axolotl)'):
     p.add_argument('config', help=help)
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help='change one setting, e.g. --set lora.r=32 (repeatable)')
@@ -131,6 +160,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('demo', help='build a tiny model and QLoRA-train it on the bundled demo data (CPU, a few minutes)')
     p.add_argument('--out', help='output folder (default outputs/demo)')
+    p.add_argument('--steps', type=int, default=300, help='optimizer steps (default 300)')
+    p.add_argument('--rows', type=int, default=40, help='demo conversations to use (default 40)')
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help='change one setting of the demo config')
     p.set_defaults(func=cmd_demo)
 
@@ -178,7 +209,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
     return ap
 
-# %% ../nbs/90_cli.ipynb #7ff8bd38
+# %% ../nbs/90_cli.ipynb #3a6ec027
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f'qlora-nb: warning: {message}', file=sys.stderr)
 
@@ -198,7 +229,7 @@ def main(argv:list[str]|None=None) -> int:
         return 130
     finally: warnings.showwarning = old
 
-# %% ../nbs/90_cli.ipynb #3f62db3a
+# %% ../nbs/90_cli.ipynb #eed10e59
 def run(*argv:str) -> tuple[int, str, str]:
     "Run `qlora-nb argv...` in this process: (exit status, stdout, stderr)."
     out, err = io.StringIO(), io.StringIO()

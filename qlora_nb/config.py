@@ -179,6 +179,10 @@ class OutputConfig:
     merge_mode:Literal['base','dequantized']='base' # merge into the original 16-bit weights, or into the dequantized 4-bit ones the adapter was trained on
     merged_dir:str|None=None # folder for the merged model; empty means `<output_dir>/merged`
     gguf_types:list[Literal['f16','bf16','q8_0']]=setting(['q8_0']) # GGUF files to export
+    merge_dtype:Literal['auto','bfloat16','float16','float32']='auto' # dtype of the merged weights; `auto` keeps a 16-bit base's dtype and makes a float32 base bfloat16
+    merged_shard_gib:float=setting(5.0, gt=0) # largest safetensors shard of the merged model, in GiB
+    gguf_dir:str|None=None # folder for the GGUF files and the Ollama Modelfile; empty means `<output_dir>/gguf`
+    overwrite:bool=False # replace an existing merged or GGUF folder instead of stopping with an error
 
 @dataclass
 class ChatConfig:

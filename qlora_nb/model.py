@@ -4,14 +4,15 @@
 
 # %% auto #0
 __all__ = ['log', 'WEIGHT_GLOBS', 'device_kind', 'compute_dtype', 'has_bitsandbytes', 'bnb_config', 'check_model_source',
-           'read_model_config', 'attention_implementation', 'load_tokenizer', 'device_map', 'resize_for_tokenizer',
-           'load_base', 'memory_line', 'load_model']
+           'read_model_config', 'attention_implementation', 'device_map', 'resize_for_tokenizer', 'load_base',
+           'memory_line', 'load_model']
 
-# %% ../nbs/20_model.ipynb #d56ed941
+# %% ../nbs/20_model.ipynb #19468f82
 import importlib.util, logging, os, warnings
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, load_config
 from .tiny import resolve_model_path
+from .templates import load_tokenizer
 
 log = logging.getLogger('qlora_nb')
 
@@ -108,20 +109,7 @@ def attention_implementation(config:Config) -> str:
         return 'sdpa'
     return want
 
-# %% ../nbs/20_model.ipynb #fcc9507e
-def load_tokenizer(config:Config):
-    "The tokenizer of `model.tokenizer` (or the base model), with the chat template and pad token prepared."
-    import transformers
-    from qlora_nb.templates import prepare_tokenizer
-    m = config.model
-    src = resolve_model_path(m.tokenizer or m.base_model)
-    cls = getattr(transformers, m.tokenizer_class) if m.tokenizer_class else transformers.AutoTokenizer
-    try: tok = cls.from_pretrained(src, revision=m.revision, trust_remote_code=m.trust_remote_code)
-    except OSError as e: raise QloraError(f'model.tokenizer: cannot load a tokenizer from {src!r}: {e}') from e
-    tok.padding_side = 'right'
-    return prepare_tokenizer(tok, config)
-
-# %% ../nbs/20_model.ipynb #cdf3e742
+# %% ../nbs/20_model.ipynb #81be6894
 _said = set()
 def _once(msg:str):
     if msg not in _said: _said.add(msg); log.info(msg)
@@ -131,7 +119,7 @@ def device_map(config:Config):
     if device_kind() != 'cuda' or config.training.fsdp or config.training.deepspeed: return None
     return {'': int(os.environ.get('LOCAL_RANK', 0))}
 
-# %% ../nbs/20_model.ipynb #db79b397
+# %% ../nbs/20_model.ipynb #b851fb81
 def resize_for_tokenizer(model, tokenizer) -> bool:
     "Grow the embeddings when the tokenizer has tokens the model lacks; True when it did (they must then be trained)."
     n = len(tokenizer)
@@ -140,7 +128,7 @@ def resize_for_tokenizer(model, tokenizer) -> bool:
     log.info(f'embeddings resized to {model.get_input_embeddings().weight.shape[0]} rows for {n} tokens; they will be trained and saved')
     return True
 
-# %% ../nbs/20_model.ipynb #e498d6dd
+# %% ../nbs/20_model.ipynb #29cc1a68
 def load_base(config:Config):
     "The base model as the config asks: 4-bit, 8-bit or 16-bit, with its attention kernel, on this machine."
     import transformers
@@ -160,9 +148,9 @@ def load_base(config:Config):
 def memory_line(model) -> str:
     "The classic line after loading: where the model is and how much memory it takes."
     import torch
-    gib = model.get_memory_footprint() / 2**30
+    b = model.get_memory_footprint()
     dev = next(model.parameters()).device
-    s = f'model loaded on {dev}: {gib:.2f} GiB of weights'
+    s = f'model on {dev}: ' + (f'{b/2**30:.2f} GiB' if b >= 2**30 else f'{b/2**20:.1f} MiB') + ' of weights'
     if dev.type == 'cuda': s += f'; GPU memory allocated {torch.cuda.memory_allocated(dev)/2**30:.2f} GiB, reserved {torch.cuda.memory_reserved(dev)/2**30:.2f} GiB'
     return s
 
@@ -171,6 +159,7 @@ def load_model(config,  # a `Config`, or a YAML path or dict for `load_config`
     "Load the base model (quantized as configured) and its prepared tokenizer; LoRA is attached by `attach_lora`."
     config = load_config(config)
     tok = load_tokenizer(config)
+    tok.padding_side = 'right'
     model = load_base(config)
     model._qlora_nb_resized = resize_for_tokenizer(model, tok)
     if model.generation_config is not None and tok.pad_token_id is not None: model.generation_config.pad_token_id = tok.pad_token_id

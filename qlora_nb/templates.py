@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['log', 'BUILTIN_TEMPLATES', 'TEMPLATE_ALIASES', 'EXAMPLE_CHAT', 'render', 'builtin_template', 'template_from_setting',
            'template_name', 'same_template', 'resolve_template', 'template_tokens', 'choose_pad_token',
-           'prepare_tokenizer', 'ends_turn']
+           'prepare_tokenizer', 'ends_turn', 'load_tokenizer']
 
 # %% ../nbs/10_templates.ipynb #413f6a39
 import logging, re
@@ -205,3 +205,18 @@ def _fix_pad(tokenizer, why:str='the tokenizer has no pad token'):
     else:
         tokenizer.pad_token = pad
         log.info('%s: padding with %r (id %d), a special token the chat template never writes', why, pad, tokenizer.pad_token_id)
+
+# %% ../nbs/10_templates.ipynb #fe8fc751
+def load_tokenizer(config:Config): # uses `model.*` and the settings `prepare_tokenizer` reads
+    "The run's tokenizer, loaded and prepared for training."
+    import transformers
+    from qlora_nb.tiny import resolve_model_path
+    m = config.model
+    src = resolve_model_path(m.tokenizer or m.base_model)
+    cls = getattr(transformers, m.tokenizer_class) if m.tokenizer_class else transformers.AutoTokenizer
+    try: tok = cls.from_pretrained(src, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    except Exception as e:
+        raise QloraError(f'model.{"tokenizer" if m.tokenizer else "base_model"}: could not load a tokenizer from {src!r}: {type(e).__name__}: {e}. '
+                         'Fix: check the folder or hub id (and the network, or a local copy when offline).') from None
+    tok.padding_side = 'right'
+    return prepare_tokenizer(tok, config)

@@ -76,6 +76,6 @@ def test_axolotl_unsupported_keys_in_one_warning():
     assert len(warns) == 1 and 'group_by_length' in warns[0]
 
 
-def test_commands_not_yet_available_say_so():
+def test_merge_without_adapter_says_so():
     r = qlora_nb_cli('merge', FIXTURES/'configs'/'good.yaml')
-    assert r.returncode == 1 and 'not available' in r.stderr and 'Traceback' not in r.stderr
+    assert r.returncode == 1 and 'adapter folder not found' in r.stderr and 'Traceback' not in r.stderr

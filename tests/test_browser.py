@@ -1,0 +1,233 @@
+"""The notebook app in a real browser: JupyterLab on 127.0.0.1, driven by Playwright with Debian's Chromium.
+
+Opens a notebook that builds `qlora_nb.app()` on the tiny default config, runs it, uses every panel, asserts on
+the text the page renders, fails on JavaScript errors, and saves a screenshot of each step under
+`$QLORA_NB_ARTIFACTS/browser` (or a temporary folder; the path is printed). `.ci/browser-deps` installs Chromium.
+Steps whose library function is not installed yet check that the panel says so clearly instead.
+"""
+import importlib.util, json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+import pytest
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
+has = lambda module: importlib.util.find_spec(f'qlora_nb.{module}') is not None
+
+NOTEBOOK_CELLS = [
+    "import qlora_nb\n"
+    "c = qlora_nb.Config()\n"
+    "c.training.max_steps = 40\n"
+    "c.training.logging_steps = 1\n"
+    "c.output.output_dir = 'outputs/browser-run'\n"
+    "a = qlora_nb.app(c)\n"
+    "a",
+    "print('r is', c.lora.r)",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _notebook(path:Path):
+    cells = [dict(cell_type='code', source=src, metadata={}, outputs=[], execution_count=None, id=f'c{i}') for i, src in enumerate(NOTEBOOK_CELLS)]
+    nb = dict(cells=cells, metadata=dict(kernelspec=dict(name='python3', display_name='Python 3', language='python')), nbformat=4, nbformat_minor=5)
+    path.write_text(json.dumps(nb))
+
+
+@pytest.fixture
+def lab(tmp_path):
+    "A JupyterLab server in `tmp_path` on a free port with a token; yields (url of the notebook, root)."
+    root, home = tmp_path/'work', tmp_path/'home'
+    root.mkdir(); home.mkdir()
+    _notebook(root/'app.ipynb')
+    settings = home/'lab-settings'/'@jupyterlab'/'apputils-extension'
+    settings.mkdir(parents=True)
+    (settings/'notification.jupyterlab-settings').write_text(json.dumps({'fetchNews': 'false', 'checkForUpdates': False}))
+    tracker = home/'lab-settings'/'@jupyterlab'/'notebook-extension'
+    tracker.mkdir(parents=True)
+    (tracker/'tracker.jupyterlab-settings').write_text(json.dumps({'autoStartDefaultKernel': True}))
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home/'config'), JUPYTER_RUNTIME_DIR=str(home/'runtime'),
+               JUPYTERLAB_SETTINGS_DIR=str(home/'lab-settings'), JUPYTERLAB_WORKSPACES_DIR=str(home/'workspaces'),
+               OMP_NUM_THREADS='1', TOKENIZERS_PARALLELISM='false')
+    log = open(tmp_path/'jupyter.log', 'w')
+    proc = subprocess.Popen([sys.executable, '-m', 'jupyter', 'lab', '--no-browser', f'--port={port}', '--ServerApp.ip=127.0.0.1',
+                             f'--ServerApp.root_dir={root}', f'--IdentityProvider.token={token}', '--ServerApp.port_retries=0', '--allow-root'],
+                            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f'http://127.0.0.1:{port}'
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f'{base}/api/status?token={token}', timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None: pytest.fail(f'JupyterLab exited: {(tmp_path/"jupyter.log").read_text()[-3000:]}')
+                time.sleep(0.5)
+        else: pytest.fail('JupyterLab did not start in 60 s')
+        # Start the notebook's kernel through the REST API, so the page opens attached to it (no kernel dialog).
+        req = urllib.request.Request(f'{base}/api/sessions', method='POST', headers={'Authorization': f'token {token}', 'Content-Type': 'application/json'},
+                                     data=json.dumps(dict(path='app.ipynb', name='app.ipynb', type='notebook', kernel=dict(name='python3'))).encode())
+        urllib.request.urlopen(req, timeout=60)
+        yield f'{base}/lab/tree/app.ipynb?token={token}', root
+    finally:
+        proc.terminate()
+        try: proc.wait(10)
+        except subprocess.TimeoutExpired: proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def shots(tmp_path):
+    "The folder for screenshots: `$QLORA_NB_ARTIFACTS/browser`, else a temporary one."
+    d = Path(os.environ['QLORA_NB_ARTIFACTS'])/'browser' if os.environ.get('QLORA_NB_ARTIFACTS') else tmp_path/'screenshots'
+    d.mkdir(parents=True, exist_ok=True)
+    (d/'failure.png').unlink(missing_ok=True)
+    print(f'\nbrowser screenshots: {d}')
+    return d
+
+
+def _text(page, selector:str) -> str:
+    return page.locator(selector).first.inner_text()
+
+
+def _wait_text(page, selector:str, pred, timeout:float=120, what:str='') -> str:
+    "Poll the text of `selector` until `pred(text)`; fail with the last text seen."
+    end, last = time.time() + timeout, ''
+    while time.time() < end:
+        loc = page.locator(selector)
+        if loc.count():
+            last = loc.first.inner_text()
+            if pred(last): return last
+        page.wait_for_timeout(250)
+    pytest.fail(f'{what or selector}: not shown within {timeout} s; last text: {last!r}')
+
+
+def _step(text:str) -> int:
+    "The step of the live view's `step N/M` line (0 before the first)."
+    m = re.search(r'step (\d+)/\d+', text)
+    return int(m[1]) if m else 0
+
+
+def _shot(page, path:Path):
+    "A screenshot of the app (the notebook scrolls inside the page, so a page shot would cut it)."
+    page.locator('.qlora-app').first.screenshot(path=path)
+
+
+def _tab(page, title:str):
+    page.locator('.qlora-app .lm-TabBar-tab', has_text=title).first.click()
+    page.wait_for_timeout(300)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason='Chromium is not installed: run .ci/browser-deps')
+def test_app_in_jupyterlab(lab, shots):
+    from playwright.sync_api import sync_playwright
+    url, root = lab
+    errors = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=['--no-sandbox', '--disable-dev-shm-usage'])
+        page = browser.new_page(viewport={'width': 1400, 'height': 1600})
+        page.on('console', lambda m: errors.append(f'console: {m.text}') if m.type == 'error' else None)
+        page.on('pageerror', lambda e: errors.append(f'page error: {e}'))
+        try:
+            page.goto(url)
+            page.locator('.jp-Notebook').first.wait_for(timeout=60_000)
+            page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(timeout=60_000)
+            page.wait_for_timeout(1000)
+            select = page.locator('.jp-Dialog button', has_text='Select')
+            if select.count(): select.first.click()  # the kernel dialog, should the settings above not be read in time
+            page.locator('.lm-MenuBar-itemLabel', has_text='Run').first.click()
+            page.locator('.lm-Menu-itemLabel', has_text='Run All Cells').first.click()
+            page.locator('.qlora-app').first.wait_for(timeout=60_000)
+
+            # Model: the estimate appears, and follows the LoRA rank.
+            before = _wait_text(page, '.qlora-memory', lambda t: 'estimated peak' in t, what='memory estimate')
+            table_before = _text(page, '.qlora-setup-panel')
+            _shot(page, shots/'1-model.png')
+            r = page.locator('.qlora-lora-r input').first
+            r.fill('64'); r.press('Enter')
+            after = _wait_text(page, '.qlora-memory', lambda t: 'estimated peak' in t and t != before, 30, 'memory estimate after r=64')
+            assert after != before
+            assert _text(page, '.qlora-setup-panel') != table_before
+            # A budget too small: the bar turns red and the fixes are listed.
+            budget = page.locator('.qlora-training-memory-budget-gib input').first
+            budget.fill('0.3'); budget.press('Enter')
+            _wait_text(page, '.qlora-setup-panel', lambda t: 'does NOT fit' in t and 'To fit' in t, 60, 'the fixes for a small budget')
+            _shot(page, shots/'2-model-r64.png')
+            budget.fill(''); budget.press('Enter')
+            _wait_text(page, '.qlora-memory', lambda t: 'no memory_budget_gib' in t, 30, 'the estimate without a budget')
+            # Load: the real model with its adapters, and the trainable-parameter report.
+            page.locator('.qlora-load-model').first.click()
+            _wait_text(page, '.qlora-load-report', lambda t: 'trainable params' in t, 180, 'the trainable-parameter report')
+            _shot(page, shots/'2b-model-loaded.png')
+
+            # Data: preview row 0.
+            _tab(page, 'Data')
+            page.locator('.qlora-check-data').first.click()
+            _wait_text(page, '.qlora-data-report', lambda t: 'messages' in t and 'training sequences' in t, 180, 'data accounting')
+            page.locator('.qlora-preview').first.click()
+            if has('preview'):
+                _wait_text(page, '.qlora-preview-output', lambda t: len(t.strip()) > 20, 180, 'preview of row 0')
+            else:
+                _wait_text(page, '.qlora-data-panel .qlora-status', lambda t: 'qlora_nb.preview' in t and 'update qlora_nb' in t, 30, 'missing-preview message')
+            _shot(page, shots/'3-data-preview.png')
+
+            # Train: start, see the live view, stop.
+            _tab(page, 'Train')
+            page.locator('.qlora-train-start').first.click()
+            if has('train') and has('live'):
+                # The progress line counts steps, and the plot is redrawn as they come.
+                _wait_text(page, '.qlora-train-view', lambda t: _step(t) >= 2, 300, 'live training view at step 2')
+                plot = page.locator('.qlora-train-view img').first
+                first = plot.get_attribute('src')
+                _wait_text(page, '.qlora-train-view', lambda t: _step(t) >= 4 and plot.get_attribute('src') != first, 120, 'the plot changing')
+                assert first and plot.bounding_box()['height'] > 100, 'the loss plot is not shown'
+                _shot(page, shots/'4-train-running.png')
+                # The kernel is free while training: another cell runs, and sees the rank set in the Model tab.
+                page.locator('.jp-Cell').nth(1).locator('.jp-InputArea-editor').first.click()
+                page.keyboard.press('Shift+Enter')
+                _wait_text(page, '.jp-Cell >> nth=1', lambda t: 'r is 64' in t, 30, 'a cell run during training')
+                page.locator('.qlora-train-stop').first.click()
+                _wait_text(page, '.qlora-train-panel .qlora-status', lambda t: t.startswith('Finished'), 300, 'end of training')
+            else:
+                _wait_text(page, '.qlora-train-panel .qlora-status', lambda t: 'not part of this installation' in t, 30, 'missing-train message')
+            _shot(page, shots/'5-train-done.png')
+
+            # Chat: load, ask.
+            _tab(page, 'Chat')
+            page.locator('.qlora-chat-load').first.click()
+            if has('chat') and has('train'):
+                _wait_text(page, '.qlora-chat-panel .qlora-status', lambda t: t.startswith('Loaded'), 180, 'chat model loaded')
+                page.locator('.qlora-chat-prompt textarea').first.fill('What is the capital of France?')
+                page.locator('.qlora-chat-send').first.click()
+                _wait_text(page, '.qlora-conversation', lambda t: 'assistant' in t and len(t.split('assistant', 1)[1].strip()) > 0, 120, 'chat answer')
+            else:
+                _wait_text(page, '.qlora-chat-panel .qlora-status', lambda t: 'not part of this installation' in t, 30, 'missing-chat message')
+            _shot(page, shots/'6-chat.png')
+
+            # Export: merge.
+            _tab(page, 'Export')
+            page.locator('.qlora-merge').first.click()
+            if has('merge') and has('train'):
+                _wait_text(page, '.qlora-export-panel .qlora-status', lambda t: t.startswith('Merging done'), 300, 'merge')
+                assert 'merged' in _text(page, '.qlora-export-paths')
+                if has('export'):
+                    page.locator('.qlora-export').first.click()
+                    _wait_text(page, '.qlora-export-panel .qlora-status', lambda t: t.startswith('Exporting done'), 300, 'GGUF export')
+                    assert '.gguf' in _text(page, '.qlora-export-paths')
+            else:
+                _wait_text(page, '.qlora-export-panel .qlora-status', lambda t: 'not part of this installation' in t, 30, 'missing-merge message')
+            _shot(page, shots/'7-export.png')
+
+            # Config: the YAML shows what the panels set, and the kernel saw it too.
+            _tab(page, 'Config')
+            assert 'r: 64' in _text(page, '.qlora-yaml')
+            _shot(page, shots/'8-config.png')
+        except BaseException:
+            page.screenshot(path=shots/'failure.png', full_page=True)
+            print('page text at the failure:\n' + page.locator('.jp-Notebook').first.inner_text()[-4000:], '\nerrors:', errors)
+            raise
+        finally: browser.close()
+    assert not errors, 'JavaScript errors in the page:\n' + '\n'.join(errors)
