@@ -10,7 +10,7 @@ _PUBLIC = {
     'ChatPanel': 'chat_panel', 'ExportPanel': 'export_panel',
     'prepare_tokenizer': 'templates', 'resolve_template': 'templates', 'BUILTIN_TEMPLATES': 'templates',
     'prepare_data': 'data', 'make_collator': 'data', 'PreparedData': 'data', 'DataReport': 'data',
-    'load_tokenizer': 'templates', 'preview_sample': 'preview', 'length_histogram': 'preview',
+    'load_tokenizer': 'templates', 'preview_sample': 'preview', 'preview_config': 'preview', 'length_histogram': 'preview',
     'merge': 'merge', 'merge_adapter': 'merge', 'MergeResult': 'merge', 'compare_merge_modes': 'merge',
     'export': 'export', 'export_gguf': 'export', 'ExportResult': 'export',
     'load_model': 'model', 'attach_lora': 'lora', 'trainable_report': 'lora', 'estimate': 'estimate', 'auto_fit': 'estimate',

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['log', 'BUILTIN_TEMPLATES', 'TEMPLATE_ALIASES', 'EXAMPLE_CHAT', 'render', 'builtin_template', 'template_from_setting',
            'template_name', 'same_template', 'resolve_template', 'template_tokens', 'choose_pad_token',
-           'prepare_tokenizer', 'load_tokenizer']
+           'prepare_tokenizer', 'ends_turn', 'load_tokenizer']
 
 # %% ../nbs/10_templates.ipynb #413f6a39
 import logging, re
@@ -159,7 +159,7 @@ def _pad_rank(tok:str, eos:str|None):
 
 def choose_pad_token(tokenizer, template:str)->str|None:
     "An existing special token safe to pad with (never one the template writes), or None."
-    used = template_tokens(tokenizer, template) | {tokenizer.bos_token, tokenizer.unk_token}
+    used = template_tokens(tokenizer, template) | {tokenizer.bos_token}
     cands = [t.content for _,t in sorted(tokenizer.added_tokens_decoder.items()) if t.special and t.content not in used]
     if tokenizer.eos_token and tokenizer.eos_token not in used and tokenizer.eos_token not in cands: cands.append(tokenizer.eos_token)
     return min(cands, key=lambda t: _pad_rank(t, tokenizer.eos_token)) if cands else None
@@ -180,21 +180,33 @@ def prepare_tokenizer(tokenizer,       # the model's tokenizer (changed in place
     try: tokenizer.chat_template = resolve_template(tokenizer, config)
     except QloraError:
         if not all(ds.type in ('completion', 'template', 'tokenized') for ds in config.data.datasets + config.data.val_datasets): raise
+    pad_set = any(_special_key(k) == 'pad_token' for k in config.model.special_tokens or {})
     if tokenizer.pad_token is None: _fix_pad(tokenizer)
+    elif not pad_set and tokenizer.pad_token in ends_turn(tokenizer, _tokenizer_template(tokenizer)):
+        was = tokenizer.pad_token
+        _fix_pad(tokenizer, f'the pad token {was!r} is the end-of-turn token the model must learn to write')
     if len(tokenizer) > n0: log.info('added %d tokens to the vocabulary (now %d); the model embeddings grow to match', len(tokenizer) - n0, len(tokenizer))
     return tokenizer
 
-def _fix_pad(tokenizer):
+def ends_turn(tokenizer, template:str|None)->set[str]:
+    "The special tokens `template` writes right after an assistant's answer (the ones that must be trained)."
+    if not template: return set()
+    try: text = tokenizer.apply_chat_template(_PROBE[1:2] + [{'role': 'assistant', 'content': 'QLORANB7ANSWER'}], chat_template=template, tokenize=False)
+    except Exception: return set()
+    after = text[text.rindex('QLORANB7ANSWER') + len('QLORANB7ANSWER'):].lstrip()
+    return {t for t in tokenizer.all_special_tokens if t and after.startswith(t)}
+
+def _fix_pad(tokenizer, why:str='the tokenizer has no pad token'):
     tpl = _tokenizer_template(tokenizer)
     pad = choose_pad_token(tokenizer, tpl) if tpl else (tokenizer.eos_token or None)
     if pad is None:
         tokenizer.add_special_tokens({'pad_token': '<|pad|>'})
-        log.warning('the tokenizer has no pad token and no unused special token: added `<|pad|>` (the embeddings grow by one)')
+        log.warning('%s and no special token is unused: added `<|pad|>` (the embeddings grow by one)', why)
     else:
         tokenizer.pad_token = pad
-        log.info('the tokenizer has no pad token: padding with %r (id %d), a special token the chat template never writes', pad, tokenizer.pad_token_id)
+        log.info('%s: padding with %r (id %d), a special token the chat template never writes', why, pad, tokenizer.pad_token_id)
 
-# %% ../nbs/10_templates.ipynb #1b4e7ad1
+# %% ../nbs/10_templates.ipynb #fe8fc751
 def load_tokenizer(config:Config): # uses `model.*` and the settings `prepare_tokenizer` reads
     "The run's tokenizer, loaded and prepared for training."
     import transformers
@@ -206,4 +218,5 @@ def load_tokenizer(config:Config): # uses `model.*` and the settings `prepare_to
     except Exception as e:
         raise QloraError(f'model.{"tokenizer" if m.tokenizer else "base_model"}: could not load a tokenizer from {src!r}: {type(e).__name__}: {e}. '
                          'Fix: check the folder or hub id (and the network, or a local copy when offline).') from None
+    tok.padding_side = 'right'
     return prepare_tokenizer(tok, config)
