@@ -68,7 +68,7 @@ def cmd_demo(args) -> int:
     print(f'outputs: {args.out or "outputs/demo"} (adapter, loss.png, metrics.jsonl, demo_report.md)')
     return 0
 
-# %% ../nbs/90_cli.ipynb #43c0f710
+# %% ../nbs/90_cli.ipynb #766c0164
 def cmd_preprocess(args) -> int:
     "Tokenize the data and report what was kept, dropped and trained."
     from qlora_nb.data import cached_prepare
@@ -103,7 +103,7 @@ def cmd_estimate(args) -> int:
         print('to make it fit, in this order:'); print('\n'.join('  ' + f for f in fixes(c, e.budget_gib)))
     return 0
 
-# %% ../nbs/90_cli.ipynb #f7495f3e
+# %% ../nbs/90_cli.ipynb #112f6354
 def cmd_train(args) -> int:
     "Train the adapter (through `accelerate launch` when several GPUs are asked for)."
     c = _load(args)
@@ -116,7 +116,7 @@ def cmd_train(args) -> int:
     print(r)
     return 0
 
-# %% ../nbs/90_cli.ipynb #02dc6b90
+# %% ../nbs/90_cli.ipynb #8d02d260
 def cmd_chat(args) -> int:
     "Chat with the trained model."
     from qlora_nb.chat import chat, load_chat_model
@@ -127,7 +127,7 @@ def cmd_chat(args) -> int:
     for q in args.prompt: print(f'you> {q}\nmodel> {cm.answer(q, base=args.no_adapter)}')
     return 0
 
-# %% ../nbs/90_cli.ipynb #130749d3
+# %% ../nbs/90_cli.ipynb #beb063e2
 def cmd_merge(args) -> int:
     "Merge the adapter into a standalone 16-bit model."
     from qlora_nb.merge import merge
@@ -136,7 +136,7 @@ def cmd_merge(args) -> int:
     print(merge(c))
     return 0
 
-# %% ../nbs/90_cli.ipynb #c0703bb7
+# %% ../nbs/90_cli.ipynb #0eb12a09
 def cmd_export(args) -> int:
     "Export GGUF files and an Ollama Modelfile."
     from qlora_nb.export import export
@@ -145,7 +145,7 @@ def cmd_export(args) -> int:
     print(export(c))
     return 0
 
-# %% ../nbs/90_cli.ipynb #d5fda6f1
+# %% ../nbs/90_cli.ipynb #91fc7cb9
 def _with_config(p, help='the YAML config (ours or Axolotl)'):
     p.add_argument('config', help=help)
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help='change one setting, e.g. --set lora.r=32 (repeatable)')
@@ -161,7 +161,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('demo', help='build a tiny model and QLoRA-train it on the bundled demo data (CPU, a few minutes)')
     p.add_argument('--out', help='output folder (default outputs/demo)')
     p.add_argument('--steps', type=int, default=300, help='optimizer steps (default 300)')
-    p.add_argument('--rows', type=int, default=40, help='demo conversations to use (default 40)')
+    p.add_argument('--rows', type=int, default=10, help='demo conversations to use, 2 of them held out (default 10)')
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help='change one setting of the demo config')
     p.set_defaults(func=cmd_demo)
 
@@ -209,7 +209,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
     return ap
 
-# %% ../nbs/90_cli.ipynb #3a6ec027
+# %% ../nbs/90_cli.ipynb #b288eb0e
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f'qlora-nb: warning: {message}', file=sys.stderr)
 
@@ -229,7 +229,7 @@ def main(argv:list[str]|None=None) -> int:
         return 130
     finally: warnings.showwarning = old
 
-# %% ../nbs/90_cli.ipynb #eed10e59
+# %% ../nbs/90_cli.ipynb #076c08ff
 def run(*argv:str) -> tuple[int, str, str]:
     "Run `qlora-nb argv...` in this process: (exit status, stdout, stderr)."
     out, err = io.StringIO(), io.StringIO()
