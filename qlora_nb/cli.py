@@ -109,8 +109,9 @@ def cmd_train(args) -> int:
     c = _load(args)
     n = args.num_gpus or c.training.num_gpus
     if n and n > 1 and int(os.environ.get('WORLD_SIZE', 1)) == 1:
+        import torch
         from qlora_nb.multigpu import launch
-        return launch(args.config, n, args.set)
+        return launch(args.config, n, args.set, cpu=not torch.cuda.is_available())
     from qlora_nb.train import train
     r = train(c)
     print(r)

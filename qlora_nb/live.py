@@ -32,7 +32,7 @@ class MetricsCallback(TrainerCallback):
         if torch.cuda.is_available(): rec['gpu_mem_gib'] = torch.cuda.max_memory_allocated() / 2**30
         rec['elapsed_s'] = now - (self.t0 or now)
         self.history.append(rec)
-        if self.path:
+        if self.path and state.is_world_process_zero:
             with self.path.open('a') as f: f.write(json.dumps(rec) + '\n')
         for fn in self.listeners: fn(rec, state)
 

@@ -193,7 +193,7 @@ def _train(config:Config, view=None, callbacks=(), eval_before:bool=True, stop=N
         del trainer, model; free_cuda()
         raise QloraError(explain_oom(config)) from e
     result = TrainResult(out, metrics.history, trainer.state.global_step, stop.requested, before, after, time.time() - t0, config)
-    save_outputs(config, model, tok, result)
+    if trainer.is_world_process_zero(): save_outputs(config, model, tok, result)  # one writer under DDP/FSDP
     if view is not None: view.update(metrics.history, result.steps, trainer.state.max_steps, time.time() - t0, force=True); view.finish(repr(result))
     log.info(repr(result))
     return result
