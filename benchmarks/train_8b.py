@@ -21,6 +21,7 @@ def main():
     from qlora_nb.train import build_trainer
     from qlora_nb.live import MetricsCallback
     path = random_checkpoint(a.shape, Path(a.root)/a.shape)
+    torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()  # building the checkpoint held it whole in bf16
     c = Config(); c.model.base_model = str(path)
     t = c.training
     c.data.sequence_len, t.micro_batch_size, t.gradient_accumulation_steps, t.max_steps = a.seq, a.mbs, 1, a.steps
