@@ -4,8 +4,8 @@
 
 Builds a random bfloat16 checkpoint of a Llama 3 shape (sharded safetensors, written tensor by tensor so the
 builder itself stays small) and a random rank-16 all-linear adapter, then merges in a fresh process and
-reports that process's peak resident memory (`ru_maxrss`, which also counts the pages of memory-mapped
-input files it touched). `--peft` also times the classic recipe (`from_pretrained` + `PeftModel` +
+reports that process's peak resident memory (VmHWM, which also counts the pages of any memory-mapped file
+it touched). `--peft` also times the classic recipe (`from_pretrained` + `PeftModel` +
 `merge_and_unload` + `save_pretrained`) for comparison; `--export` also measures the Q8_0 GGUF export of the
 merged model. The 8B shape needs about 30 GiB of free disk.
 """
@@ -73,6 +73,13 @@ def build(d:Path, shape:str, shard_gib:float=2.0):
 def _gib(p:Path): return sum(f.stat().st_size for f in p.glob('*.safetensors')) / 2**30
 
 
+def peak_rss_gib() -> float:
+    "This process's peak resident memory: VmHWM, which starts afresh at exec (ru_maxrss would include the parent's at fork)."
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'): return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def child(kind, base, adapter, out, mode):
     "Run one merge (or export) in this process (called in a fresh subprocess) and print its figures as JSON."
     import shutil
@@ -93,7 +100,7 @@ def child(kind, base, adapter, out, mode):
         m = peft.PeftModel.from_pretrained(m, adapter).merge_and_unload()
         m.save_pretrained(out)
     size = sum(f.stat().st_size for f in Path(out).glob('*.gguf')) / 2**30
-    print(json.dumps({'seconds': time.time() - t, 'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 'gguf_gib': size}))
+    print(json.dumps({'seconds': time.time() - t, 'peak_rss_gib': peak_rss_gib(), 'gguf_gib': size}))
     shutil.rmtree(out, ignore_errors=True)
 
 
