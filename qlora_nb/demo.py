@@ -28,7 +28,8 @@ def demo_config(output_dir:str='outputs/demo', # where the adapter, plot and rep
     t = c.training
     t.micro_batch_size, t.gradient_accumulation_steps, t.gradient_checkpointing = 16, 1, False
     t.learning_rate, t.max_steps, t.warmup_ratio, t.warmup_steps = 3e-3, max_steps, 0.0, 10
-    t.eval_steps, t.save_steps, t.save_total_limit, t.logging_steps = max(1, max_steps // 4), max(1, max_steps // 2), 1, 5
+    t.eval_steps, t.save_steps, t.save_total_limit = max(1, max_steps // 4), max(1, max_steps // 2), 1
+    t.logging_steps = 5 if max_steps >= 50 else 1
     c.data.val_set_size, c.lora.dropout = DEMO_VAL, 0.0
     c.output.output_dir = output_dir
     return load_config(c, overrides)
@@ -61,7 +62,7 @@ class DemoResult:
     def report(self) -> str:
         r = self.train
         lines = [f'# qlora_nb demo', '', f'{r.steps} steps in {self.seconds:.0f}s (tiny Llama, NF4 on {"CUDA" if r.history and "gpu_mem_gib" in r.history[-1] else "CPU"})', '',
-                 f'- train loss: {r.losses[0]:.3f} (first step) -> {r.losses[-1]:.3f} (last step)',
+                 f'- train loss: {r.losses[0]:.3f} (first logged step) -> {r.losses[-1]:.3f} (last)' if r.losses else '- train loss: not logged',
                  f'- eval loss:  {r.eval_before:.3f} (before) -> {r.eval_after:.3f} (after), on {r.config.data.val_set_size:.0f} held-out conversations',
                  f'- answers reproduced exactly: {self.learned}/{len(self.answers)}', '', '| question | trained answer | before | after |', '|---|---|---|---|']
         lines += [f'| {q} | {a} | {b[:40]} | {af[:60]} |' for q, a, b, af in self.answers]

@@ -65,8 +65,13 @@ def test_grad_norm_alarm_stops(tmp_path):
 
 
 def test_flat_loss_warns(tmp_path):
+    "Identical rows and a learning rate too small to matter: the loss cannot fall."
+    row = {'messages': [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'}]}
+    (tmp_path/'same.jsonl').write_text('\n'.join(json.dumps(row) for _ in range(8)))
+    c = small(tmp_path/'out', max_steps=22, learning_rate=1e-12, gradient_accumulation_steps=1, micro_batch_size=2)
+    c.data.datasets[0].path = str(tmp_path/'same.jsonl')
     with pytest.warns(QloraWarning, match='has not fallen'):
-        train(small(tmp_path, max_steps=22, learning_rate=1e-12, gradient_accumulation_steps=1, micro_batch_size=2), eval_before=False)
+        train(c, eval_before=False)
 
 
 class FakeOOM(TrainerCallback):
