@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['log', 'BUILTIN_TEMPLATES', 'TEMPLATE_ALIASES', 'EXAMPLE_CHAT', 'render', 'builtin_template', 'template_from_setting',
-           'template_name', 'same_template', 'resolve_template', 'template_tokens', 'choose_pad_token',
-           'prepare_tokenizer', 'ends_turn', 'load_tokenizer']
+           'template_name', 'same_template', 'resolve_template', 'special_tokens', 'template_tokens',
+           'choose_pad_token', 'prepare_tokenizer', 'ends_turn', 'load_tokenizer']
 
 # %% ../nbs/10_templates.ipynb #413f6a39
 import logging, re
@@ -142,10 +142,14 @@ def resolve_template(tokenizer,        # the model's tokenizer
                              f'(or remove `{key}`).')
     return tpl
 
-# %% ../nbs/10_templates.ipynb #05380ba1
+# %% ../nbs/10_templates.ipynb #d21b2ef0
+def special_tokens(tokenizer)->set[str]:
+    "Every special token: the named ones (bos, eos, ...) and the added ones marked special (`<|eot_id|>`, `<|im_end|>`)."
+    return {t for t in tokenizer.all_special_tokens if t} | {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+
 def template_tokens(tokenizer, template:str)->set[str]:
     "The special tokens that `template` writes in a probe conversation (with and without system prompt and generation prompt)."
-    specials = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    specials = special_tokens(tokenizer)
     out = set()
     for msgs in (_PROBE, _PROBE[1:], _PROBE[:2]):
         try: text = tokenizer.apply_chat_template(msgs, chat_template=template, tokenize=False, add_generation_prompt=msgs[-1]['role'] != 'assistant')
@@ -194,7 +198,7 @@ def ends_turn(tokenizer, template:str|None)->set[str]:
     try: text = tokenizer.apply_chat_template(_PROBE[1:2] + [{'role': 'assistant', 'content': 'QLORANB7ANSWER'}], chat_template=template, tokenize=False)
     except Exception: return set()
     after = text[text.rindex('QLORANB7ANSWER') + len('QLORANB7ANSWER'):].lstrip()
-    return {t for t in tokenizer.all_special_tokens if t and after.startswith(t)}
+    return {t for t in special_tokens(tokenizer) if after.startswith(t)}
 
 def _fix_pad(tokenizer, why:str='the tokenizer has no pad token'):
     tpl = _tokenizer_template(tokenizer)
