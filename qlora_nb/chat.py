@@ -26,15 +26,12 @@ def resolve_source(source) -> tuple[Config, Path]:
         raise QloraError(f'output.output_dir: {folder} holds no trained adapter (adapter_config.json). Train first (`qlora-nb train`), or point at the folder a run wrote.')
     return config, folder
 
-# %% ../nbs/60_chat.ipynb #3cbe210a
+# %% ../nbs/60_chat.ipynb #7cb2054d
 def turn_end_ids(tokenizer) -> list[int]:
-    "Token ids that end an assistant turn: EOS plus the template's end-of-turn tokens."
-    from qlora_nb.templates import template_tokens
+    "Token ids that end an assistant turn: EOS plus what the chat template writes right after an answer."
+    from qlora_nb.templates import ends_turn
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for t in template_tokens(tokenizer, tokenizer.chat_template or ''):
-        if any(k in t.lower() for k in ('eot', 'end', 'eos')):
-            i = tokenizer.convert_tokens_to_ids(t)
-            if i is not None and i != tokenizer.unk_token_id: ids.add(i)
+    ids |= {tokenizer.convert_tokens_to_ids(t) for t in ends_turn(tokenizer, tokenizer.chat_template)}
     return sorted(ids)
 
 # %% ../nbs/60_chat.ipynb #b4c7f1b9

@@ -13,14 +13,13 @@ from .config import Config, QloraError, QloraWarning
 
 log = logging.getLogger('qlora_nb')
 
-# %% ../nbs/32_guards.ipynb #527b77ab
+# %% ../nbs/32_guards.ipynb #e544835b
 class RowTracker:
-    "Wrap a collator: remember the `row_id`s of recent batches (named by `names[row_id]` when given), and drop the column."
-    def __init__(self, collator, names=None, keep:int=64):
-        self.collator, self.names, self.recent = collator, names, deque(maxlen=keep)
+    "Wrap a collator: remember the `row_id`s of recent batches, and drop the column."
+    def __init__(self, collator, keep:int=64):
+        self.collator, self.recent = collator, deque(maxlen=keep)
     def __call__(self, rows):
-        ids = [r.get('row_id') for r in rows]
-        self.recent.append([self.names[i] if self.names is not None and i is not None else i for i in ids])
+        self.recent.append([r.get('row_id') for r in rows])
         return self.collator([{k: v for k, v in r.items() if k != 'row_id'} for r in rows])
     def last_rows(self, n_batches:int) -> list:
         "Row ids of the last `n_batches` batches (one optimizer step is `gradient_accumulation_steps` batches)."
