@@ -236,7 +236,9 @@ def _plural(tp):
 def _shown(v) -> str:
     "`v` as the user wrote it, with what YAML made of it."
     kind = {bool:'a boolean', int:'an integer', float:'a number', str:'a string', list:'a list', dict:'a mapping', type(None):'empty'}.get(type(v), type(v).__name__)
-    return f"{json.dumps(v) if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()} ({kind})"
+    try: shown = json.dumps(v) if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()
+    except yaml.YAMLError: shown = repr(v)  # an object set from Python code
+    return f"{shown} ({kind})"
 
 # %% ../nbs/00_config.ipynb #5f1f0bf7
 _NO = object()  # marks a value that does not fit a type
@@ -260,7 +262,7 @@ def conform(v, tp):
             try: return float(v)  # YAML 1.1 reads `2e-4` as a string
             except ValueError: return _NO
         return _NO
-    if tp is str: return v if isinstance(v, str) else _NO
+    if tp is str: return v if isinstance(v, str) else os.fspath(v) if isinstance(v, os.PathLike) else _NO  # a `Path` from Python code
     if o is list:
         if not isinstance(v, list): return _NO
         items = [conform(x, get_args(tp)[0]) for x in v]
