@@ -132,8 +132,9 @@ def check_can_fork(num_processes:int, # processes to fork
         raise QloraError(f'training.num_gpus: {n}: CUDA was already initialized in this kernel, so the {n} processes forked from it '
                          'cannot use the GPUs. ' + _restart_hint(n))
     if 'bitsandbytes' in sys.modules:
-        raise QloraError(f'training.num_gpus: {n}: bitsandbytes was already imported in this kernel (a 4-bit model was loaded), and it '
-                         f'initializes CUDA, so the {n} processes forked from it cannot use the GPUs. ' + _restart_hint(n))
+        raise QloraError(f'training.num_gpus: {n}: bitsandbytes was already imported in this kernel (loading a model, or importing '
+                         "transformers' Trainer, trl or peft, does that), and it initializes CUDA on import, so the "
+                         f'{n} processes forked from it cannot use the GPUs. ' + _restart_hint(n))
     if AcceleratorState._shared_state:
         raise QloraError(f'training.num_gpus: {n}: a training run already happened in this kernel, and accelerate keeps its state per '
                          'process, so forked processes would inherit the wrong one. ' + _restart_hint(n))
@@ -191,6 +192,19 @@ def _worker(path:str, run_dir:str|None=None, callbacks=(), eval_before:bool=True
     extra = [_max_steps_callback(Path(run_dir)/'max_steps')] if run_dir else []
     _train(load_config(path), callbacks=[*callbacks, *extra], eval_before=eval_before)
 
+def _no_stop(view):
+    view.button.disabled, view.button.tooltip = True, 'several processes: interrupt the kernel to stop'
+    return view
+
+def _notebook_view(config:Config):
+    "A live view shown under the running cell, or None outside a notebook (imports the Trainer: after the fork only)."
+    from qlora_nb.live import in_notebook, NotebookView
+    if not in_notebook(): return None
+    from IPython.display import display
+    view = _no_stop(NotebookView(Path(config.output.output_dir).name))
+    display(view.widget)
+    return view
+
 def _result(config:Config, history:list, seconds:float):
     from qlora_nb.train import TrainResult
     evals = [r for r in history if 'eval_loss' in r]
@@ -215,19 +229,24 @@ def train_on_gpus(config,                 # a `Config` or a YAML path
     run_dir = Path(tempfile.mkdtemp(prefix='qlora_nb-'))
     path = save_config(config, run_dir/'qlora_nb.yaml')
     follower = MetricsFollower(Path(config.output.output_dir)/'metrics.jsonl', view, run_dir/'max_steps')
-    if view is not None: view.button.disabled, view.button.tooltip = True, 'several processes: interrupt the kernel to stop'
+    if view is not None: _no_stop(view)
     done = threading.Event()
     def follow():
-        while not done.wait(poll_s): follower.poll()
+        made = view is not None
+        while not done.wait(poll_s):
+            follower.poll()
+            if not made and follower.max_steps:  # rank 0 is training: the fork is behind us
+                follower.view, made = _notebook_view(config), True
+                follower.show(force=True)
     poller = threading.Thread(target=follow, daemon=True, name='qlora_nb-metrics'); poller.start()
     t0 = time.time()
     try: notebook_launcher(_worker, (str(path), str(run_dir), tuple(callbacks), eval_before), num_processes=num_processes)
     except BaseException as e:
-        if view is not None: view.finish(f'<b style="color:#b00">{type(e).__name__}</b>: {e}')
+        if follower.view is not None: follower.view.finish(f'<b style="color:#b00">{type(e).__name__}</b>: {e}')
         raise
     finally: done.set(); poller.join()
     follower.poll()
     result = _result(config, follower.history, time.time() - t0)
-    if view is not None: follower.show(force=True); view.finish(repr(result))
+    if follower.view is not None: follower.show(force=True); follower.view.finish(repr(result))
     log.info(repr(result))
     return result

@@ -233,17 +233,12 @@ def _several_gpus(config:Config) -> bool:
 def _train_on_gpus(config:Config, background:bool, view, callbacks, eval_before:bool):
     "Fork the processes from this kernel (`40_multigpu`), rank 0's metrics in the live view."
     import torch
-    from qlora_nb.live import in_notebook, NotebookView
     from qlora_nb.multigpu import train_on_gpus
     n = config.training.num_gpus
     if background: raise QloraError(f'training.num_gpus: {n}: `background=True` runs in a thread of this kernel, but {n} processes '
                                     'are forked from it. Call `train(config)` without `background`, or set `num_gpus: 1`.')
     cpu = torch.cuda.device_count() == 0  # asks the driver without initializing CUDA, which would break the fork
     if cpu: warnings.warn(f'training.num_gpus: {n}, but no GPU is visible: the {n} processes train on the CPU (gloo), slowly.', QloraWarning)
-    if view is None and in_notebook():
-        view = NotebookView(Path(config.output.output_dir).name)
-        from IPython.display import display
-        display(view.widget)
     return train_on_gpus(config, n, view=view, callbacks=callbacks, eval_before=eval_before, cpu=cpu)
 
 def train(config,                     # a `Config`, or a YAML path or dict
@@ -253,9 +248,10 @@ def train(config,                     # a `Config`, or a YAML path or dict
           eval_before:bool=True,      # evaluate once before training (when there is validation data)
          ):
     "Fine-tune with QLoRA as `config` says; returns a `TrainResult` (or a `Run` in the background)."
-    from qlora_nb.live import in_notebook, NotebookView
     config = load_config(config)
+    # before anything imports transformers' Trainer: it imports bitsandbytes, which initializes CUDA
     if _several_gpus(config): return _train_on_gpus(config, background, view, callbacks, eval_before)
+    from qlora_nb.live import in_notebook, NotebookView
     if view is None and in_notebook():
         view = NotebookView(Path(config.output.output_dir).name)
         from IPython.display import display
