@@ -15,6 +15,7 @@ _PUBLIC = {
     'export': 'export', 'export_gguf': 'export', 'ExportResult': 'export',
     'load_model': 'model', 'attach_lora': 'lora', 'trainable_report': 'lora', 'estimate': 'estimate', 'auto_fit': 'estimate',
     'train': 'train', 'TrainResult': 'train', 'NotebookView': 'live', 'demo': 'demo', 'load_chat_model': 'chat', 'chat': 'chat',
+    'fast_path': 'kernels', 'fuse_lora': 'kernels',
 }
 
 def __getattr__(name):

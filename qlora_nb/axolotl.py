@@ -6,12 +6,12 @@
 __all__ = ['AXOLOTL_KEYS', 'DATASET_KEYS', 'DATASET_TYPES', 'OPTIMIZERS', 'SCHEDULERS', 'DTYPES', 'from_axolotl', 'to_axolotl',
            'lost_keys']
 
-# %% ../nbs/01_axolotl.ipynb #b451d64f
+# %% ../nbs/01_axolotl.ipynb #250f3d5b
 import copy, warnings
 from pathlib import Path
 from .config import (Config, ConfigError, Problem, QloraWarning, config_to_dict, get_setting, read_yaml)
 
-# %% ../nbs/01_axolotl.ipynb #e1cda4e6
+# %% ../nbs/01_axolotl.ipynb #fd49a556
 AXOLOTL_KEYS = {
     'base_model': 'model.base_model', 'revision_of_model': 'model.revision', 'tokenizer_config': 'model.tokenizer',
     'model_type': 'model.model_class', 'tokenizer_type': 'model.tokenizer_class', 'trust_remote_code': 'model.trust_remote_code',
@@ -26,7 +26,7 @@ AXOLOTL_KEYS = {
     'datasets': 'data.datasets', 'test_datasets': 'data.val_datasets', 'val_set_size': 'data.val_set_size',
     'chat_template': 'data.chat_template', 'chat_template_jinja': 'data.chat_template',
     'sequence_len': 'data.sequence_len', 'sample_packing': 'data.sample_packing', 'pad_to_sequence_len': 'data.pad_to_sequence_len',
-    'train_on_inputs': 'data.train_on_inputs', 'dataset_prepared_path': 'data.prepared_path', 'shuffle_merged_datasets': 'data.shuffle',
+    'batch_flattening': 'data.padding_free', 'train_on_inputs': 'data.train_on_inputs', 'dataset_prepared_path': 'data.prepared_path', 'shuffle_merged_datasets': 'data.shuffle',
     'micro_batch_size': 'training.micro_batch_size', 'gradient_accumulation_steps': 'training.gradient_accumulation_steps',
     'num_epochs': 'training.num_epochs', 'max_steps': 'training.max_steps', 'learning_rate': 'training.learning_rate',
     'lr_scheduler': 'training.lr_scheduler', 'warmup_ratio': 'training.warmup_ratio', 'warmup_steps': 'training.warmup_steps',
@@ -40,7 +40,7 @@ AXOLOTL_KEYS = {
     'output_dir': 'output.output_dir', 'strict': 'strict',
 }
 
-# %% ../nbs/01_axolotl.ipynb #9508020b
+# %% ../nbs/01_axolotl.ipynb #1d6de665
 DATASET_KEYS = {k:k for k in ('path', 'type', 'split', 'name', 'data_files', 'ds_type', 'conversation', 'roles_to_train', 'field',
                               'field_messages', 'message_field_role', 'message_field_content', 'field_system', 'field_instruction',
                               'field_input', 'field_output', 'format', 'no_input_format', 'system_prompt')}
@@ -54,7 +54,7 @@ OPTIMIZERS = {'adamw_bnb_8bit': 'adamw_8bit'}                 # Axolotl name -> 
 SCHEDULERS = {'constant_with_warmup': 'constant', 'cosine_with_warmup': 'cosine', 'linear_with_warmup': 'linear'}
 DTYPES = {'bf16': 'bfloat16', 'fp16': 'float16', 'fp32': 'float32', 'float': 'float32', 'half': 'float16'}
 
-# %% ../nbs/01_axolotl.ipynb #2da489a7
+# %% ../nbs/01_axolotl.ipynb #02d29825
 def _dataset_from_axolotl(d, i:int, unsupported:list):
     "One Axolotl dataset entry in our form; keys we do not use are appended to `unsupported`."
     if not isinstance(d, dict): return d  # a wrong type is reported by the config's own checks
@@ -74,7 +74,7 @@ def _dataset_from_axolotl(d, i:int, unsupported:list):
         elif v is not None: unsupported.append((f'datasets[{i}].{k}', ''))
     return out
 
-# %% ../nbs/01_axolotl.ipynb #2c4220df
+# %% ../nbs/01_axolotl.ipynb #f99f39b7
 def _special(d:dict, out:dict, unsupported:list):
     "The Axolotl keys whose values need translating; sets dotted keys in `out`."
     a = d.get('adapter')
@@ -96,8 +96,17 @@ def _special(d:dict, out:dict, unsupported:list):
     elif t is not None: out['data.chat_template'] = t
     elif d.get('chat_template_jinja'): out['data.chat_template'] = d['chat_template_jinja']
     if d.get('wandb_project'): out['training.report_to'] = 'wandb'
+    liger = [d[k] for k in _LIGER if d.get(k) is not None]
+    if liger: out['training.liger_kernel'] = any(liger)
+    fused = [d[k] for k in _UNSLOTH if d.get(k) is not None]
+    if fused: out['lora.fused'] = any(fused)
+    plugins = [p for p in d.get('plugins') or [] if 'liger' not in str(p).lower()]
+    if plugins: unsupported.append(('plugins', f'{plugins}: only the Liger plugin has a qlora_nb counterpart (`training.liger_kernel`)'))
 
-_SPECIAL = {'adapter', 'flash_attention', 'sdp_attention', 'lora_target_modules', 'lora_target_linear', 'chat_template', 'chat_template_jinja'}
+_LIGER = ('liger_rms_norm', 'liger_rope', 'liger_glu_activation', 'liger_swiglu', 'liger_layer_norm', 'liger_cross_entropy', 'liger_fused_linear_cross_entropy')
+_UNSLOTH = ('unsloth_lora_mlp', 'unsloth_lora_qkv', 'unsloth_lora_o')
+_SPECIAL = {'adapter', 'flash_attention', 'sdp_attention', 'lora_target_modules', 'lora_target_linear', 'chat_template', 'chat_template_jinja',
+            'plugins', *_LIGER, *_UNSLOTH}
 
 def _plain_value(k, v):
     "An Axolotl value in our spelling, for the keys that copy across."
@@ -107,7 +116,7 @@ def _plain_value(k, v):
     if k == 'gradient_checkpointing' and isinstance(v, str): return True  # `unsloth` / `offload` styles: plain checkpointing here
     return v
 
-# %% ../nbs/01_axolotl.ipynb #88ebbafc
+# %% ../nbs/01_axolotl.ipynb #73440d11
 def from_axolotl(d:dict,                 # the Axolotl config, as `yaml.safe_load` returns it
                  file:str|None=None,     # the file it came from, for messages
                  lines:dict|None=None,   # Axolotl key -> line, from `read_yaml`
@@ -148,7 +157,7 @@ def _report_unsupported(keys:list, strict:bool, file, lines):
     warnings.warn(f"{where}{len(keys)} Axolotl setting{'s' if len(keys)>1 else ''} not used by qlora_nb: {listed}. "
                   "Remove them to silence this, or set `strict: true` to make it an error.", QloraWarning, stacklevel=3)
 
-# %% ../nbs/01_axolotl.ipynb #609e5b79
+# %% ../nbs/01_axolotl.ipynb #485bb7e4
 _INVERSE = {'quant_type': 'bnb_4bit_quant_type', 'compute_dtype': 'bnb_4bit_compute_dtype', 'double_quant': 'bnb_4bit_use_double_quant'}
 
 def _dataset_to_axolotl(ds:dict) -> dict:
@@ -183,14 +192,16 @@ def to_axolotl(c:Config) -> dict:
     out['chat_template'] = 'tokenizer_default' if tmpl is None else (tmpl if '{' not in tmpl else 'jinja')
     if tmpl and '{' in tmpl: out['chat_template_jinja'] = tmpl
     for ours,theirs in (('val_set_size', 'val_set_size'), ('sequence_len', 'sequence_len'), ('sample_packing', 'sample_packing'),
-                        ('pad_to_sequence_len', 'pad_to_sequence_len'), ('train_on_inputs', 'train_on_inputs'),
+                        ('pad_to_sequence_len', 'pad_to_sequence_len'), ('padding_free', 'batch_flattening'), ('train_on_inputs', 'train_on_inputs'),
                         ('prepared_path', 'dataset_prepared_path'), ('shuffle', 'shuffle_merged_datasets')):
         out[theirs] = data[ours]
     out |= {k:v for k,v in t.items() if k in AXOLOTL_KEYS and AXOLOTL_KEYS[k] == f'training.{k}'}
+    if isinstance(t['liger_kernel'], bool): out |= {k: t['liger_kernel'] for k in _LIGER if k not in ('liger_swiglu', 'liger_layer_norm', 'liger_cross_entropy')}
+    if isinstance(l['fused'], bool): out |= {k: l['fused'] for k in _UNSLOTH}
     out['output_dir'] = o['output_dir']
     return out
 
-# %% ../nbs/01_axolotl.ipynb #cefd53d9
+# %% ../nbs/01_axolotl.ipynb #d50c7880
 def lost_keys(original:dict, c:Config) -> list[str]:
     "Supported keys of the Axolotl dict `original` (dataset keys too) whose value `to_axolotl(c)` does not give back."
     back, lost = to_axolotl(c), []

@@ -91,6 +91,7 @@ class LoraConfig:
     use_dora:bool=False # weight-decomposed LoRA (DoRA): slower, sometimes better at low rank
     modules_to_save:list[str]|None=None # whole modules to train and save (e.g. `embed_tokens`, `lm_head`); empty means those two only when tokens are added
     bias:Literal['none','all','lora_only']='none' # which biases to train
+    fused:bool|Literal['auto']='auto' # fused 4-bit + LoRA layers (one dequantization, LoRA added inside the matmul); `auto` on CUDA where they apply
 
 @dataclass
 class DatasetConfig:
@@ -127,6 +128,7 @@ class DataConfig:
     overlong:Literal['drop','truncate','split']='drop' # what happens to samples longer than `sequence_len` (`split` is for completion data); every row is accounted for
     sample_packing:bool=False # pack several samples into each sequence (they cannot attend to each other)
     pad_to_sequence_len:bool=False # pad every batch to `sequence_len` (steady memory) instead of to its longest sample
+    padding_free:bool=False # join each micro batch into one row, without padding (samples still cannot attend to each other)
     train_on_inputs:bool=False # also train on prompts and user turns, not only the answers
     roles_to_train:list[str]=setting(['assistant']) # roles whose turns are trained
     on_bad_rows:Literal['error','skip']='error' # a malformed row stops preprocessing, or is skipped and counted
@@ -152,6 +154,7 @@ class TrainConfig:
     tf32:bool|None=None # allow TF32 matmuls on Ampere and newer GPUs; empty leaves PyTorch's default
     gradient_checkpointing:bool=True # recompute activations in the backward pass: much less memory, about 30% more compute
     checkpoint_every:int=setting(1, ge=1) # with checkpointing, recompute only every k-th layer (more memory, less compute)
+    liger_kernel:bool|Literal['auto']='auto' # Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy); `auto` on CUDA when installed
     logging_steps:int=setting(1, ge=1) # log loss, grad norm and learning rate every this many steps
     eval_steps:int|None=setting(None, ge=1) # evaluate on the validation split every this many steps
     evals_per_epoch:int|None=setting(None, ge=1) # or evaluate this many times per epoch
@@ -233,7 +236,9 @@ def _plural(tp):
 def _shown(v) -> str:
     "`v` as the user wrote it, with what YAML made of it."
     kind = {bool:'a boolean', int:'an integer', float:'a number', str:'a string', list:'a list', dict:'a mapping', type(None):'empty'}.get(type(v), type(v).__name__)
-    return f"{json.dumps(v) if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()} ({kind})"
+    try: shown = json.dumps(v) if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()
+    except yaml.YAMLError: shown = repr(v)  # an object set from Python code
+    return f"{shown} ({kind})"
 
 # %% ../nbs/00_config.ipynb #5f1f0bf7
 _NO = object()  # marks a value that does not fit a type
@@ -257,7 +262,7 @@ def conform(v, tp):
             try: return float(v)  # YAML 1.1 reads `2e-4` as a string
             except ValueError: return _NO
         return _NO
-    if tp is str: return v if isinstance(v, str) else _NO
+    if tp is str: return v if isinstance(v, str) else os.fspath(v) if isinstance(v, os.PathLike) else _NO  # a `Path` from Python code
     if o is list:
         if not isinstance(v, list): return _NO
         items = [conform(x, get_args(tp)[0]) for x in v]
@@ -397,6 +402,8 @@ def _rule_data(c:Config, given):
     d, t = c.data, c.training
     if d.sample_packing and not d.sequence_len:
         yield Problem('data.sample_packing', 'sample packing needs a sequence length to pack into.', 'set `data.sequence_len`, e.g. 2048.')
+    if d.padding_free and d.pad_to_sequence_len:
+        yield Problem('data.padding_free', 'padding_free joins each batch without padding, but `pad_to_sequence_len` pads every batch.', 'turn one of them off (padding_free is faster; pad_to_sequence_len keeps memory steady).')
     if d.pad_to_sequence_len and not d.sequence_len:
         yield Problem('data.pad_to_sequence_len', 'padding to the sequence length needs a sequence length.', 'set `data.sequence_len`, e.g. 2048.')
     if not d.datasets:

@@ -278,15 +278,16 @@ def make_collator(config:Config, # uses `data.sequence_len` and `data.pad_to_seq
                   tokenizer,     # supplies the pad id (run `prepare_tokenizer` first)
                  )->Collator:
     "The batch collator for a DataLoader or the HF Trainer: pads, masks, and passes `position_ids` for packed rows."
-    return Collator(tokenizer.pad_token_id, config.data.sequence_len if config.data.pad_to_sequence_len else None)
+    return Collator(tokenizer.pad_token_id, config.data.sequence_len if config.data.pad_to_sequence_len else None,
+                    padding_free=config.data.padding_free)
 
-# %% ../nbs/15_data.ipynb #bed6b5f8
+# %% ../nbs/15_data.ipynb #f6a528dd
 def write_jsonl(path, rows:list)->str:
     "Write `rows` as JSON lines (a helper for examples and tests)."
     Path(path).write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows), encoding='utf-8')
     return str(path)
 
-# %% ../nbs/15_data.ipynb #7986be68
+# %% ../nbs/15_data.ipynb #585906a1
 def data_fingerprint(config:Config, tokenizer)->str:
     "A hash of everything that changes what `prepare_data` makes."
     import hashlib, qlora_nb

@@ -48,12 +48,24 @@ def pack_rows(input_ids:list[list[int]], # tokenized samples
 # %% ../nbs/14_packing.ipynb #4a33f2db
 class Collator:
     "Pads a list of tokenized rows into a batch of tensors (for a DataLoader or the HF Trainer)."
-    def __init__(self, pad_id:int, pad_to:int|None=None, multiple_of:int|None=None):
+    def __init__(self, pad_id:int, pad_to:int|None=None, multiple_of:int|None=None,
+                 padding_free:bool=False): # join the batch into one row of position-id segments instead of padding it
         if pad_id is None: raise QloraError('the tokenizer has no pad token. Fix: run `prepare_tokenizer(tokenizer, config)` first.')
-        self.pad_id, self.pad_to, self.multiple_of = pad_id, pad_to, multiple_of
+        self.pad_id, self.pad_to, self.multiple_of, self.padding_free = pad_id, pad_to, multiple_of, padding_free
+
+    def join(self, features:list[dict])->dict:
+        "One row: the samples side by side, positions restarting at each, each sample's first label masked."
+        import torch
+        ids, labels, pos = [], [], []
+        for f in features:
+            n = len(f['input_ids'])
+            ids += f['input_ids']; labels += [IGNORE] + list(f['labels'][1:])
+            pos += list(f['position_ids']) if 'position_ids' in f else range(n)
+        return {'input_ids': torch.tensor([ids]), 'labels': torch.tensor([labels]), 'position_ids': torch.tensor([pos])}
 
     def __call__(self, features:list[dict])->dict:
         import torch
+        if self.padding_free: return self.join(features)
         n = max(len(f['input_ids']) for f in features)
         if self.pad_to: n = max(n, self.pad_to)
         if self.multiple_of: n = -(-n // self.multiple_of) * self.multiple_of

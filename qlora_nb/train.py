@@ -11,6 +11,7 @@ import json, logging, math, os, threading, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, load_config, config_yaml
+from .kernels import fast_path, fuse_lora
 
 log = logging.getLogger('qlora_nb')
 
@@ -63,7 +64,8 @@ def sft_config(config:Config, n_rows:int, has_eval:bool):
         seed=t.seed, data_seed=t.seed, report_to=[] if report == 'none' else [report], include_num_input_tokens_seen=True,
         remove_unused_columns=False, dataset_kwargs={'skip_prepare_dataset': True}, max_length=config.data.sequence_len,
         dataloader_num_workers=0, deepspeed=t.deepspeed, fsdp=' '.join(t.fsdp) if t.fsdp else None, fsdp_config=t.fsdp_config,
-        ddp_find_unused_parameters=False if world_size() > 1 else None, disable_tqdm=None, use_cpu=not torch.cuda.is_available())
+        ddp_find_unused_parameters=False if world_size() > 1 else None, disable_tqdm=None, use_cpu=not torch.cuda.is_available(),
+        use_liger_kernel=fast_path(config)[0])
 
 # %% ../nbs/30_train.ipynb #f9984211
 def keep_dtypes(model, dtypes:dict):
@@ -93,6 +95,11 @@ def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
     trainer = _trainer_class()(model=model, args=args, train_dataset=train, eval_dataset=data.eval,
                                processing_class=tokenizer, data_collator=rows, callbacks=list(callbacks))
     keep_dtypes(trainer.model, dtypes)  # before the optimizer exists, so it sees the right tensors
+    liger, fused, notes = fast_path(config)
+    if fused: notes.append(f'fused LoRA layers: {fuse_lora(trainer.model)}')
+    if liger: notes.append('Liger kernels: on')
+    if trainer.is_world_process_zero():
+        for n in notes: log.info('speed: %s', n)
     trainer.row_tracker = rows
     return trainer
 
