@@ -66,7 +66,7 @@ def test_fsdp2_settings_for_qlora():
     c = Config(); c.training.fsdp = ['full_shard', 'auto_wrap']
     s = fsdp_settings(c)
     assert s['fsdp_version'] == 2 and s['fsdp_auto_wrap_policy'] == 'TRANSFORMER_BASED_WRAP'
-    assert s['fsdp_transformer_layer_cls_to_wrap'] == ['LlamaDecoderLayer']
+    assert s['fsdp_transformer_layer_cls_to_wrap'] == ['LlamaDecoderLayer'] and s['fsdp_reshard_after_forward'] is True
     c.training.fsdp_config = {'fsdp_version': 1}
     assert fsdp_settings(c)['fsdp_version'] == 1  # the user's choice stays
 
