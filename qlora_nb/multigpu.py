@@ -160,7 +160,7 @@ class MetricsFollower:
                  max_steps_file=None,      # where the run writes its total steps once it knows them
                 ):
         self.path, self.view, self.max_steps_file = Path(path), view, Path(max_steps_file) if max_steps_file else None
-        self.history, self.pos, self.partial, self.inode, self.max_steps = [], 0, '', None, 0
+        self.history, self.pos, self.partial, self.head, self.max_steps = [], 0, '', b'', 0
 
     @property
     def step(self) -> int: return self.history[-1]['step'] if self.history else 0
@@ -182,13 +182,17 @@ class MetricsFollower:
         "Read what was appended since the last poll."
         if self.max_steps_file and not self.max_steps and self.max_steps_file.exists():
             self.max_steps = int(self.max_steps_file.read_text() or 0)
-        try: st = self.path.stat()
-        except FileNotFoundError: return []
-        if st.st_ino != self.inode or st.st_size < self.pos:
-            self.history, self.pos, self.partial, self.inode = [], 0, '', st.st_ino
-        with self.path.open('rb') as f:
-            f.seek(self.pos); data = f.read(); self.pos += len(data)
+        try: f = self.path.open('rb')
+        except FileNotFoundError:  # not written yet, or deleted by a fresh run
+            self._restart(); return []
+        with f:
+            if f.read(len(self.head)) != self.head or f.seek(0, 2) < self.pos: self._restart()  # another run's file
+            f.seek(self.pos); data = f.read()
+        if not self.pos: self.head = data[:256]
+        self.pos += len(data)
         return self.feed(data.decode())
+
+    def _restart(self): self.history, self.pos, self.partial, self.head = [], 0, '', b''
 
 # %% ../nbs/40_multigpu.ipynb #d3d8299b
 def _max_steps_callback(path:Path):
