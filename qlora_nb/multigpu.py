@@ -262,6 +262,7 @@ def train_on_gpus(config,                 # a `Config` or a YAML path
         raise
     finally: done.set(); poller.join()
     follower.poll()
+    if view is None and follower.view is None and follower.max_steps: follower.view = _notebook_view(config)  # a run shorter than a poll
     result = _result(config, follower.history, time.time() - t0)
     if follower.view is not None: follower.show(force=True); follower.view.finish(repr(result))
     log.info(repr(result))
