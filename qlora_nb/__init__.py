@@ -14,7 +14,7 @@ _PUBLIC = {
     'merge': 'merge', 'merge_adapter': 'merge', 'MergeResult': 'merge', 'compare_merge_modes': 'merge',
     'export': 'export', 'export_gguf': 'export', 'ExportResult': 'export',
     'load_model': 'model', 'attach_lora': 'lora', 'trainable_report': 'lora', 'estimate': 'estimate', 'auto_fit': 'estimate',
-    'train': 'train', 'TrainResult': 'train', 'NotebookView': 'live', 'demo': 'demo', 'load_chat_model': 'chat', 'chat': 'chat',
+    'train': 'train', 'TrainResult': 'train', 'train_on_gpus': 'multigpu', 'NotebookView': 'live', 'demo': 'demo', 'load_chat_model': 'chat', 'chat': 'chat',
     'fast_path': 'kernels', 'fuse_lora': 'kernels',
 }
 

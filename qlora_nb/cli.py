@@ -110,7 +110,8 @@ def cmd_train(args) -> int:
     n = args.num_gpus or c.training.num_gpus
     if n and n > 1 and int(os.environ.get('WORLD_SIZE', 1)) == 1:
         import torch
-        from qlora_nb.multigpu import launch
+        from qlora_nb.multigpu import launch, check_deepspeed
+        check_deepspeed(c)  # a bad DeepSpeed file is said once here, not once per process
         return launch(args.config, n, args.set, cpu=not torch.cuda.is_available())
     from qlora_nb.train import train
     r = train(c)

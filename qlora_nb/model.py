@@ -47,7 +47,7 @@ def bnb_config(config:Config):
                          'Install it (`pip install bitsandbytes`), or set `quantization.load_in_4bit: false` for plain LoRA.')
     if q.load_in_8bit: return BitsAndBytesConfig(load_in_8bit=True)
     dtype = compute_dtype(config)
-    storage = dtype if config.training.fsdp else torch.uint8
+    storage = dtype if (config.training.fsdp or config.training.deepspeed) else torch.uint8
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
                               bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=storage)
 

@@ -169,6 +169,8 @@ def _train(config:Config, view=None, callbacks=(), eval_before:bool=True, stop=N
     if config.training.auto_fit:
         from qlora_nb.estimate import auto_fit
         config, msg = auto_fit(config); log.info(msg)
+    from qlora_nb.multigpu import prepare_distributed
+    config = prepare_distributed(config)  # DeepSpeed file checked, FSDP2 settings completed, the effective batch logged
     out = Path(config.output.output_dir)
     resume = resume_point(config)
     if not resume and (out/'metrics.jsonl').exists(): (out/'metrics.jsonl').unlink()  # a fresh run starts a fresh history
@@ -231,6 +233,21 @@ class Run:
     def _ipython_display_(self):
         if self.view is not None: self.view._ipython_display_()
 
+def _several_gpus(config:Config) -> bool:
+    "`training.num_gpus` asks for several processes, and this one was not started by a launcher."
+    return (config.training.num_gpus or 1) > 1 and 'WORLD_SIZE' not in os.environ
+
+def _train_on_gpus(config:Config, background:bool, view, callbacks, eval_before:bool):
+    "Fork the processes from this kernel (`40_multigpu`), rank 0's metrics in the live view."
+    import torch
+    from qlora_nb.multigpu import train_on_gpus
+    n = config.training.num_gpus
+    if background: raise QloraError(f'training.num_gpus: {n}: `background=True` runs in a thread of this kernel, but {n} processes '
+                                    'are forked from it. Call `train(config)` without `background`, or set `num_gpus: 1`.')
+    cpu = torch.cuda.device_count() == 0  # asks the driver without initializing CUDA, which would break the fork
+    if cpu: warnings.warn(f'training.num_gpus: {n}, but no GPU is visible: the {n} processes train on the CPU (gloo), slowly.', QloraWarning)
+    return train_on_gpus(config, n, view=view, callbacks=callbacks, eval_before=eval_before, cpu=cpu)
+
 def train(config,                     # a `Config`, or a YAML path or dict
           background:bool=False,      # return a `Run` at once and train in a thread
           view=None,                  # a `NotebookView`; by default one is shown when running in a notebook
@@ -238,8 +255,10 @@ def train(config,                     # a `Config`, or a YAML path or dict
           eval_before:bool=True,      # evaluate once before training (when there is validation data)
          ):
     "Fine-tune with QLoRA as `config` says; returns a `TrainResult` (or a `Run` in the background)."
-    from qlora_nb.live import in_notebook, NotebookView
     config = load_config(config)
+    # before anything imports transformers' Trainer: it imports bitsandbytes, which initializes CUDA
+    if _several_gpus(config): return _train_on_gpus(config, background, view, callbacks, eval_before)
+    from qlora_nb.live import in_notebook, NotebookView
     if view is None and in_notebook():
         view = NotebookView(Path(config.output.output_dir).name)
         from IPython.display import display
