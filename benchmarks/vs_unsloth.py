@@ -37,7 +37,8 @@ WORKLOADS = {
                          'qlora_nb+liger': [(4, True, {'liger': True, 'fused': False})],
                          'hf': [(4, True, {})], 'hf+liger': [(4, True, {})], 'unsloth': [(4, True, {})]}),
     'chat':  dict(shape='8b', chat=True, steps=24, budget=None,
-                  cands={'qlora_nb': [(8, True, FAST | {'padding_free': True})], 'hf': [(8, True, {})], 'hf+liger': [(8, True, {})],
+                  cands={'qlora_nb': [(8, True, FAST | {'padding_free': True})],
+                         'hf': [(8, True, {})], 'hf+liger': [(8, True, {})],
                          'unsloth': [(8, True, {})]}),
     '1b':    dict(shape='1b', chat=False, steps=12, budget=None,
                   cands={'qlora_nb': [(4, True, FAST)], 'hf+liger': [(4, True, {})], 'unsloth': [(4, True, {})]}),
@@ -179,8 +180,8 @@ def main():
                     cmd = [py, str(anchors/'anchor_unsloth.py'), '--path', path, '--mbs', str(mbs), '--steps', str(w['steps'])] + \
                           ([] if ckpt else ['--no-ckpt']) + (['--chat'] if w['chat'] else [])
                     results += [r | {'key': key, 'part': part, 'stack': 'unsloth'} for r in run_json(cmd, uns_env)]
-        if ours:
-            for r in run_json([py, __file__, '--child', json.dumps(ours)], timeout=1800):
+        for stack in dict.fromkeys(o['key'].split('|')[1] for o in ours):  # a process per variant: Liger patches classes for good
+            for r in run_json([py, __file__, '--child', json.dumps([o for o in ours if o['key'].split('|')[1] == stack])], timeout=1800):
                 r |= {'part': part, 'stack': r['key'].split('|')[1]}
                 results.append(r)
         for r in results:

@@ -11,7 +11,7 @@ import json, logging, math, os, threading, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, load_config, config_yaml
-from .kernels import fast_path, fuse_lora
+from .kernels import fast_path, fuse_lora, use_varlen_attention
 
 log = logging.getLogger('qlora_nb')
 
@@ -87,6 +87,7 @@ def _trainer_class():
 def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
     "The trainer for an adapter-wrapped `model` and prepared `data`, with the collator that tracks row ids."
     from qlora_nb.data import make_collator
+    import torch
     from qlora_nb.guards import RowTracker
     args = sft_config(config, len(data.train), data.eval is not None)
     rows = RowTracker(make_collator(config, tokenizer))  # the data's `row_id` column names each row's source
@@ -98,6 +99,8 @@ def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
     liger, fused, notes = fast_path(config)
     if fused: notes.append(f'fused LoRA layers: {fuse_lora(trainer.model)}')
     if liger: notes.append('Liger kernels: on')
+    if (config.data.padding_free or config.data.sample_packing) and torch.cuda.is_available() and use_varlen_attention(trainer.model):
+        notes.append('joined samples: variable-length flash attention (`qlora_varlen`) instead of a block-diagonal mask')
     if trainer.is_world_process_zero():
         for n in notes: log.info('speed: %s', n)
     trainer.row_tracker = rows

@@ -59,3 +59,25 @@ def test_fast_path_matches_plain(tmp_path):
         worst = max(worst, rel)
         assert rel < 3e-2, f'{n}: relative gradient difference {rel:.3g}'
     print(f'worst relative LoRA-gradient difference over {len(plain)} tensors: {worst:.3g}')
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_varlen_attention_matches_block_mask(tmp_path):
+    "Padding-free rows: `qlora_varlen` (PyTorch's varlen flash attention) = sdpa with transformers' block-diagonal mask."
+    from qlora_nb.kernels import use_varlen_attention, _VARLEN
+    model = _model(tmp_path)
+    model.config.use_cache = False
+    g = torch.Generator().manual_seed(0)
+    lens = [300, 41, 1200, 77, 512]
+    ids = torch.randint(10, 4096, (1, sum(lens)), generator=g).cuda()
+    pos = torch.cat([torch.arange(n) for n in lens])[None].cuda()
+    batch = {'input_ids': ids, 'labels': ids, 'position_ids': pos}
+    ref_loss, ref = _loss_and_grads(model, batch)
+    assert use_varlen_attention(model)
+    loss, grads = _loss_and_grads(model, batch)
+    assert _VARLEN and _VARLEN[0] is not None, 'torch.nn.attention.varlen is missing: the per-sample sdpa loop ran'
+    print(f'loss block-mask {ref_loss:.5f} varlen {loss:.5f}')
+    assert abs(loss - ref_loss) / ref_loss < 5e-3
+    worst = max(((grads[n] - gp).norm() / gp.norm()).item() for n, gp in ref.items())
+    print(f'worst relative LoRA-gradient difference: {worst:.3g}')
+    assert worst < 3e-2
