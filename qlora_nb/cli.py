@@ -211,14 +211,27 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
     return ap
 
-# %% ../nbs/90_cli.ipynb #b288eb0e
+# %% ../nbs/90_cli.ipynb #85484e9a
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f'qlora-nb: warning: {message}', file=sys.stderr)
 
+def _log_handler():
+    "A handler printing the library's info messages as `qlora-nb:` lines (warnings only on ranks other than 0)."
+    import logging
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter('qlora-nb: %(message)s'))
+    h.setLevel(logging.INFO if int(os.environ.get('RANK', 0)) == 0 else logging.WARNING)
+    return h
+
 def main(argv:list[str]|None=None) -> int:
     "Run `qlora-nb` with `argv` (default: the command line); returns the exit status."
+    import logging
     args = make_parser().parse_args(argv)
     old, warnings.showwarning = warnings.showwarning, _show_warning
+    log, h = logging.getLogger('qlora_nb'), _log_handler()
+    old_level = log.level
+    log.addHandler(h)
+    if not log.isEnabledFor(logging.INFO): log.setLevel(logging.INFO)
     try: return args.func(args)
     except ConfigError as e:
         for p in e.problems: print(f'qlora-nb: error: {p}', file=sys.stderr)
@@ -229,7 +242,9 @@ def main(argv:list[str]|None=None) -> int:
     except KeyboardInterrupt:
         print('qlora-nb: interrupted', file=sys.stderr)
         return 130
-    finally: warnings.showwarning = old
+    finally:
+        warnings.showwarning = old
+        log.removeHandler(h); log.setLevel(old_level)
 
 # %% ../nbs/90_cli.ipynb #076c08ff
 def run(*argv:str) -> tuple[int, str, str]:

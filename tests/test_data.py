@@ -36,6 +36,7 @@ def test_preprocess_table_and_preview(tmp_path):
     assert code == 0, err
     assert 'rows in' in out and 'data.datasets[0]' in out and "chat template: llama3; pad token: '<|end_of_text|>'" in out
     assert '[[' in out and '<|eot_id|>]]' in out  # not a terminal: trained text in brackets
+    assert "qlora-nb: the tokenizer has no pad token: padding with '<|end_of_text|>'" in err  # the library's log is shown
     code, out, _ = run('preprocess', str(cfg), '--json')
     assert json.loads(out)['packing_efficiency'] is None  # no packing
 
