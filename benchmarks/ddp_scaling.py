@@ -1,4 +1,4 @@
-"""Data-parallel scaling: the same QLoRA run (Llama-3.2-1B shape, 4-bit, r=16) on 1 and on N GPUs via accelerate.
+"""Data-parallel scaling: the same QLoRA run (Llama-3.1-8B shape by default, 4-bit, r=16) on 1 and on N GPUs via accelerate.
 
     python benchmarks/ddp_scaling.py --gpus 1,2
 Each size runs `accelerate launch --num_processes N benchmarks/ddp_scaling.py --child ...`; rank 0 prints
@@ -37,7 +37,7 @@ def child(path, shape, seq, mbs, steps):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('--gpus', default='1,2'); ap.add_argument('--shape', default='llama-3.2-1b')
+    ap.add_argument('--gpus', default='1,2'); ap.add_argument('--shape', default='llama-3.1-8b')
     ap.add_argument('--seq', type=int, default=2048); ap.add_argument('--mbs', type=int, default=4); ap.add_argument('--steps', type=int, default=20)
     ap.add_argument('--child', action='store_true'); ap.add_argument('--path')
     a = ap.parse_args()

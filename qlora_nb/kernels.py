@@ -165,7 +165,7 @@ def use_varlen_attention(model) -> bool:
         if cfg is not None and getattr(cfg, '_attn_implementation', None) == 'sdpa': cfg._attn_implementation = 'qlora_varlen'
     return True
 
-# %% ../nbs/23_kernels.ipynb #94b241b0
+# %% ../nbs/23_kernels.ipynb #9c783ae1
 def _liger_installed() -> bool:
     import importlib.util
     return importlib.util.find_spec('liger_kernel') is not None
