@@ -58,6 +58,8 @@ def test_too_few_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_initialized', lambda: False)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
     monkeypatch.delitem(sys.modules, 'bitsandbytes', raising=False)
+    from accelerate.state import AcceleratorState
+    monkeypatch.setattr(AcceleratorState, '_shared_state', {})  # an earlier test in this process may have trained
     with pytest.raises(QloraError, match='4 processes asked for, but 1 GPU'): check_can_fork(4)
 
 
