@@ -118,12 +118,12 @@ def _varlen_call():
     params = inspect.signature(varlen_attn).parameters
     causal = {'window_size': (-1, 0)} if 'window_size' in params else {'is_causal': True} if 'is_causal' in params else None
     if causal is None: return None
-    gqa = 'enable_gqa' in params
     def call(q, k, v, cu, n, scale):
-        if q.shape[1] != k.shape[1]:
-            if gqa: causal['enable_gqa'] = True
+        kw = dict(causal)
+        if 'scale' in params: kw['scale'] = scale
+        if q.shape[1] != k.shape[1]:  # grouped-query attention: fewer key/value heads
+            if 'enable_gqa' in params: kw['enable_gqa'] = True
             else: k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
-        kw = dict(causal, scale=scale) if 'scale' in params else causal
         return varlen_attn(q, k, v, cu, cu, n, n, **kw)
     return call
 
@@ -187,13 +187,11 @@ def fast_path(config:Config, # uses `training.liger_kernel`, `lora.fused`, `lora
     if liger == 'auto':
         liger = _liger_installed()
         if not liger: notes.append('liger-kernel is not installed: no fused norms, activations and loss (`pip install liger-kernel` for about 15% more speed)')
-    fused = l.fused
-    sharded = bool(t.fsdp or t.deepspeed)
-    if fused is True and sharded:
-        raise QloraError('lora.fused: true does not work with FSDP or DeepSpeed, which wrap the 4-bit weights. Fix: set `lora.fused: auto`.')
-    if fused == 'auto':
-        why = 'sharded training (FSDP/DeepSpeed)' if sharded else 'lora.dropout > 0' if l.dropout else 'DoRA' if l.use_dora else \
-              'not a 4-bit model' if not config.quantization.load_in_4bit else None
-        fused = why is None
-        if why: notes.append(f'fused LoRA layers off: {why}' + (' (set `lora.dropout: 0` to use them)' if why.startswith('lora.dropout') else ''))
-    return bool(liger), bool(fused), notes
+    why, fix = next(((w, f) for w, f in (
+        (t.fsdp or t.deepspeed, 'FSDP and DeepSpeed wrap the 4-bit weights; train without `lora.fused` there'),
+        (l.dropout, 'it needs `lora.dropout: 0` (dropout on the adapter input would need its mask kept)'),
+        (l.use_dora, 'DoRA layers are not fused; turn `lora.use_dora` off'),
+        (not config.quantization.load_in_4bit, 'it is for 4-bit base models; set `quantization.load_in_4bit: true`')) if w), (None, None))
+    if l.fused is True and why: raise QloraError(f'lora.fused: true, but {fix}. Or set `lora.fused: auto` to use it only where it applies.')
+    if l.fused == 'auto' and why: notes.append(f'fused LoRA layers off: {fix}')
+    return bool(liger), bool(l.fused) and not why, notes

@@ -38,7 +38,8 @@ def _loss_and_grads(model, batch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-def test_fast_path_matches_plain(tmp_path):
+def test_fast_path_matches_plain(tmp_path, monkeypatch):
+    import qlora_nb.kernels as K
     from qlora_nb.kernels import fuse_lora
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
     model = _model(tmp_path)
@@ -50,7 +51,10 @@ def test_fast_path_matches_plain(tmp_path):
     assert counts == {'fused': 28}, counts
     _apply_liger_kernel_to_instance(model=model.get_base_model())
     assert 'Liger' in repr(model.get_base_model().model.norm)  # Liger swaps the instance's forward, not its class
+    calls, fused_fn = [], K.lora_nf4
+    monkeypatch.setattr(K, 'lora_nf4', lambda *a: calls.append(1) or fused_fn(*a))
     fast_loss, fast = _loss_and_grads(model, batch)
+    assert len(calls) and len(calls) % 28 == 0, f'{len(calls)} fused calls: every one of the 28 layers must take the fused path (again if recomputed)'
     print(f'loss plain {plain_loss:.5f} fast {fast_loss:.5f}')
     assert abs(fast_loss - plain_loss) / plain_loss < 5e-3
     worst = 0.0
@@ -64,7 +68,7 @@ def test_fast_path_matches_plain(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 def test_varlen_attention_matches_block_mask(tmp_path):
     "Padding-free rows: `qlora_varlen` (PyTorch's varlen flash attention) = sdpa with transformers' block-diagonal mask."
-    from qlora_nb.kernels import use_varlen_attention, _VARLEN
+    from qlora_nb.kernels import use_varlen_attention, _VARLEN, _varlen_call
     model = _model(tmp_path)
     model.config.use_cache = False
     g = torch.Generator().manual_seed(0)
@@ -74,8 +78,12 @@ def test_varlen_attention_matches_block_mask(tmp_path):
     batch = {'input_ids': ids, 'labels': ids, 'position_ids': pos}
     ref_loss, ref = _loss_and_grads(model, batch)
     assert use_varlen_attention(model)
+    kernel, calls = _varlen_call(), []
+    assert kernel is not None, 'torch.nn.attention.varlen is missing: only the per-sample sdpa loop would run'
+    _VARLEN[:] = [lambda *a: calls.append(1) or kernel(*a)]
     loss, grads = _loss_and_grads(model, batch)
-    assert _VARLEN and _VARLEN[0] is not None, 'torch.nn.attention.varlen is missing: the per-sample sdpa loop ran'
+    L = model.config.num_hidden_layers
+    assert len(calls) and len(calls) % L == 0, f'{len(calls)} varlen calls: every one of the {L} layers must take the varlen kernel'
     print(f'loss block-mask {ref_loss:.5f} varlen {loss:.5f}')
     assert abs(loss - ref_loss) / ref_loss < 5e-3
     worst = max(((grads[n] - gp).norm() / gp.norm()).item() for n, gp in ref.items())
