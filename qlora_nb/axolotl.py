@@ -100,7 +100,8 @@ def _special(d:dict, out:dict, unsupported:list):
     if liger: out['training.liger_kernel'] = any(liger)
     fused = [d[k] for k in _UNSLOTH if d.get(k) is not None]
     if fused: out['lora.fused'] = any(fused)
-    plugins = [p for p in d.get('plugins') or [] if 'liger' not in str(p).lower()]
+    plugins = d.get('plugins') or []
+    plugins = [p for p in ([plugins] if isinstance(plugins, str) else plugins) if 'liger' not in str(p).lower()]
     if plugins: unsupported.append(('plugins', f'{plugins}: only the Liger plugin has a qlora_nb counterpart (`training.liger_kernel`)'))
 
 _LIGER = ('liger_rms_norm', 'liger_rope', 'liger_glu_activation', 'liger_swiglu', 'liger_layer_norm', 'liger_cross_entropy', 'liger_fused_linear_cross_entropy')
