@@ -57,7 +57,7 @@ def _transformers_config(source):
         d = dict(REFERENCE_SHAPES[source.lower()])
         return CONFIG_MAPPING[d.pop('model_type')](**d)
     if not isinstance(source, str): return source
-    from qlora_nb.tiny import resolve_model_path
+    from qlora_nb.builtin import resolve_model_path
     path = resolve_model_path(source)
     try: return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:

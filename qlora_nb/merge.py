@@ -402,7 +402,7 @@ def merge_adapter(base,                   # base model folder (safetensors), or 
                  ) -> MergeResult:
     "Merge a LoRA adapter into its base model, streaming tensor by tensor, and save a standalone model in `out`."
     import torch
-    from qlora_nb.tiny import resolve_model_path
+    from qlora_nb.builtin import resolve_model_path
     if mode not in ('base', 'dequantized'): raise QloraError(f'output.merge_mode: {mode!r} is not a merge mode. Fix: use `base` or `dequantized`.')
     t0, base, adapter, out = time.time(), resolve_model_path(str(base)), Path(adapter), Path(out)
     _check_target(out, overwrite)

@@ -11,7 +11,7 @@ __all__ = ['log', 'WEIGHT_GLOBS', 'device_kind', 'compute_dtype', 'has_bitsandby
 import importlib.util, logging, os, warnings
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, load_config
-from .tiny import resolve_model_path
+from .builtin import resolve_model_path
 from .templates import load_tokenizer
 
 log = logging.getLogger('qlora_nb')

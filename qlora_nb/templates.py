@@ -214,7 +214,7 @@ def _fix_pad(tokenizer, why:str='the tokenizer has no pad token'):
 def load_tokenizer(config:Config): # uses `model.*` and the settings `prepare_tokenizer` reads
     "The run's tokenizer, loaded and prepared for training."
     import transformers
-    from qlora_nb.tiny import resolve_model_path
+    from qlora_nb.builtin import resolve_model_path
     m = config.model
     src = resolve_model_path(m.tokenizer or m.base_model)
     cls = getattr(transformers, m.tokenizer_class) if m.tokenizer_class else transformers.AutoTokenizer

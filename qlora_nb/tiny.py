@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['CAPITALS', 'OPPOSITES', 'SYSTEM_PROMPTS', 'FAMILIES', 'LLAMA3_TEMPLATE', 'CHATML_TEMPLATE', 'TINY_MODELS',
            'demo_conversations', 'assets_path', 'demo_data_path', 'write_demo_data', 'make_tokenizer', 'cache_dir',
-           'build_tiny', 'resolve_model_path']
+           'build_tiny']
 
 # %% ../nbs/05_tiny.ipynb #79fb0bc4
 import hashlib, json, os, random
@@ -151,12 +151,3 @@ def build_tiny(name:str='tiny-llama', # a key of `TINY_MODELS`
     if path.exists(): import shutil; shutil.rmtree(path)
     tmp.rename(path)  # whole or not at all: an interrupted build is never mistaken for a model
     return path
-
-# %% ../nbs/05_tiny.ipynb #5c599e94
-def resolve_model_path(base_model:str) -> str:
-    "A hub id or folder for `base_model`, building `builtin:` models on first use."
-    from qlora_nb.config import BUILTIN_PREFIX
-    if not base_model.startswith(BUILTIN_PREFIX): return base_model
-    name = base_model.removeprefix(BUILTIN_PREFIX)
-    if name not in TINY_MODELS: raise ValueError(f'unknown built-in model {base_model!r}; built-in: {", ".join(BUILTIN_PREFIX + n for n in TINY_MODELS)}')
-    return str(build_tiny(name))
