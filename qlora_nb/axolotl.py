@@ -91,6 +91,7 @@ REFUSED = {
     'pretraining_dataset': 'streaming pretraining datasets (`pretraining_dataset`)', 'diffusion': 'diffusion language-model training (`diffusion`)',
     'reinit_weights': 'training from re-initialised weights (`reinit_weights`)', 'use_onebitllms': 'ternary (1.58-bit) training (`use_onebitllms`)',
     'fp8': 'FP8 mixed precision (`fp8`)', 'llmcompressor': 'sparse fine-tuning with llmcompressor (`llmcompressor`)',
+    'use_eaft': 'the entropy-adaptive fine-tuning loss (`use_eaft`)',
 }
 
 # Honoured in spirit, not in number: the run is the same kind of run, but it differs from Axolotl's. Named in the warning.
