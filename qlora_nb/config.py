@@ -146,7 +146,7 @@ class TrainConfig:
     lr_scheduler:Literal['cosine','linear','constant']='cosine' # learning-rate schedule after warmup
     warmup_ratio:float=setting(0.03, ge=0, lt=1) # fraction of the steps spent warming up
     warmup_steps:int|None=setting(None, ge=0) # warmup in steps; when set, replaces `warmup_ratio`
-    optimizer:Literal['paged_adamw_8bit','paged_adamw_32bit','adamw_8bit','adamw_torch','adamw_torch_fused']='paged_adamw_8bit' # paged optimizers move their states to CPU memory under pressure instead of failing
+    optimizer:Literal['paged_adamw_8bit','paged_adamw_32bit','adamw_8bit','adamw_torch','adamw_torch_fused','adamw_torch_4bit']='paged_adamw_8bit' # paged optimizers move their states to CPU memory under pressure instead of failing; `adamw_torch_4bit` is torchao's 4-bit AdamW (`pip install torchao`)
     weight_decay:float=setting(0.0, ge=0) # decoupled weight decay
     max_grad_norm:float|None=setting(0.3, gt=0) # clip the gradient norm (the QLoRA paper's 0.3); empty means no clipping
     bf16:bool|Literal['auto']='auto' # bfloat16 mixed precision; `auto` where supported

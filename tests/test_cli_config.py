@@ -79,3 +79,36 @@ def test_axolotl_unsupported_keys_in_one_warning():
 def test_merge_without_adapter_says_so():
     r = qlora_nb_cli('merge', FIXTURES/'configs'/'good.yaml')
     assert r.returncode == 1 and 'adapter folder not found' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_axolotl_current_style_keeps_axolotls_meaning(tmp_path):
+    "A file in Axolotl's current style converts with Axolotl's meaning, its defaults included."
+    out = tmp_path/'ours.yaml'
+    r = qlora_nb_cli('config', 'from-axolotl', FIXTURES/'axolotl'/'qwen3-qlora-current.yml', out)
+    assert r.returncode == 0, r.stderr
+    ours = yaml.safe_load(out.read_text())
+    t, m = ours['training'], ours['model']
+    assert (m['attn_implementation'], t['optimizer'], t['max_grad_norm']) == ('flash_attention_2', 'adamw_torch_4bit', 1.0)
+    assert (t['evals_per_epoch'], t['fsdp'], t['fsdp_config']['version']) == (None, ['full_shard', 'auto_wrap'], 2)
+    assert (ours['lora']['fused'], ours['lora']['dropout'], t['micro_batch_size']) == ('auto', 0.0, 1)
+    assert 'eot_tokens' in r.stderr  # named, never dropped
+
+
+@pytest.mark.parametrize('name,expect', [
+    ('dpo-lora.yml', 'rl: preference or RL training (`rl: dpo`): not supported by qlora_nb yet'),
+    ('vision-lora.yml', 'processor_type: multimodal training (`processor_type: AutoProcessor`): not supported'),
+    ('gptq-lora.yml', 'gptq: GPTQ-quantized base models (`gptq`): not supported'),
+    ('moe-target-parameters.yml', 'lora_target_parameters: LoRA on raw parameters such as MoE experts'),
+    ('full-finetune.yml', 'Fix: add `adapter: qlora` (4-bit base) or `adapter: lora` (16-bit base) to train an adapter instead.'),
+])
+def test_axolotl_unsupported_feature_is_refused_by_name(name, expect):
+    r = qlora_nb_cli('config', 'check', FIXTURES/'axolotl'/name)
+    assert r.returncode == 2 and expect in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr
+
+
+def test_axolotl_every_problem_in_one_pass():
+    r = qlora_nb_cli('config', 'check', FIXTURES/'axolotl'/'several-problems.yml')
+    assert r.returncode == 2
+    keys = [l.split(': ')[3] for l in r.stderr.strip().splitlines()]
+    assert keys == ['rl', 'datasets[0].type', 'lora.r', 'training.optimizer'], r.stderr
