@@ -151,14 +151,16 @@ def model_shape(source, # a reference name, a folder with config.json, a hub id,
     cfg, ref = _resolve_config(source)
     with torch.device('meta'): model = transformers.AutoModelForCausalLM.from_config(cfg)
     from transformers.modeling_layers import GradientCheckpointingLayer
-    L = cfg.num_hidden_layers
-    first = next(m for m in model.modules() if isinstance(m, GradientCheckpointingLayer))
+    tc = cfg.get_text_config()  # a model with a vision tower (Gemma 3 4B+) keeps the decoder's sizes here
+    L = tc.num_hidden_layers
+    # the language model's layers, not the vision tower's, which come first in such a model
+    first = next(m for m in model.get_decoder().modules() if isinstance(m, GradientCheckpointingLayer))
     per_layer = {n.rsplit('.', 1)[-1]: (m.in_features, m.out_features) for n, m in first.named_modules() if isinstance(m, torch.nn.Linear)}
     linear = L * sum(i*o for i,o in per_layer.values())
     total = sum(p.numel() for p in model.parameters())
-    return ModelShape(str(getattr(source, 'name_or_path', source)), L, cfg.hidden_size, cfg.intermediate_size,
-                      cfg.num_attention_heads, getattr(cfg, 'num_key_value_heads', None) or cfg.num_attention_heads,
-                      cfg.vocab_size, per_layer, total - linear, ref)
+    return ModelShape(str(getattr(source, 'name_or_path', source)), L, tc.hidden_size, tc.intermediate_size,
+                      tc.num_attention_heads, getattr(tc, 'num_key_value_heads', None) or tc.num_attention_heads,
+                      tc.vocab_size, per_layer, total - linear, ref)
 
 # %% ../nbs/22_estimate.ipynb #cad2aaa2
 def quantized_bytes(n_in:int, n_out:int, config:Config, dsize:int) -> float:
