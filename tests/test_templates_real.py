@@ -1,4 +1,5 @@
 "Our built-in chat templates render exactly like each family's real template (llama.cpp's copies) or its documented format."
+from pathlib import Path
 import pytest
 from transformers.utils.chat_template_utils import _compile_jinja_template
 from qlora_nb.config import Config, validate
@@ -113,8 +114,9 @@ def test_config_check_reports_unknown_name(tmp_path):
     cfg.write_text(cfg.read_text().replace('qwen_2.5', 'qwen_25'))
     assert qlora_nb_cli('config', 'check', cfg).returncode == 0
 
-def test_smollm2_is_chatml_with_its_default_system_prompt():
+def test_smollm2_is_chatml_with_its_default_system_prompt(monkeypatch):
     from transformers import AutoTokenizer
+    monkeypatch.setenv('QLORA_NB_CACHE', str(Path.home()/'.cache'/'qlora_nb'))  # the real model, converted once per machine
     from qlora_nb.builtin import resolve_model_path
     tok = AutoTokenizer.from_pretrained(resolve_model_path('builtin:smollm2-135m'))
     tpl = resolve_template(tok, Config())  # `data.chat_template` empty: the tokenizer's own template wins
