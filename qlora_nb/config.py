@@ -433,7 +433,15 @@ def _rule_schedule(c:Config, given):
     if t.auto_fit and not t.gradient_checkpointing and 'training.gradient_checkpointing' in given:
         yield Problem('training.auto_fit', 'auto_fit chooses checkpointing itself, but `gradient_checkpointing: false` is set.', 'remove `gradient_checkpointing` and let auto_fit choose, or turn `auto_fit` off.')
 
-RULES = [_rule_precision, _rule_quant, _rule_devices, _rule_data, _rule_schedule]
+def _rule_templates(c:Config, given):
+    from qlora_nb.templates import template_problem  # qlora_nb.templates imports this module, so not at the top
+    d = c.data
+    named = [('data.chat_template', d.chat_template)] + [(f'data.{k}[{i}].conversation', ds.conversation)
+             for k in ('datasets', 'val_datasets') for i,ds in enumerate(getattr(d, k))]
+    for key, v in named:
+        if v and (p := template_problem(v)): yield Problem(key, *p)
+
+RULES = [_rule_precision, _rule_quant, _rule_devices, _rule_data, _rule_schedule, _rule_templates]
 
 # %% ../nbs/00_config.ipynb #fb061541
 def validate(c:Config, given:set|None=None) -> list[Problem]:
