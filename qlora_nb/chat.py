@@ -7,6 +7,7 @@ __all__ = ['log', 'resolve_source', 'turn_end_ids', 'check_template', 'ChatModel
 
 # %% ../nbs/60_chat.ipynb #5fee6d1d
 import logging, threading, warnings
+from fastcore.basics import patch
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, load_config
 
@@ -118,6 +119,23 @@ def load_chat_model(source,            # a run's output folder, its YAML config,
     model.generation_config.pad_token_id = tok.pad_token_id
     cm = ChatModel(model, tok, config); cm.trained_template = trained
     return cm
+
+# %% ../nbs/60_chat.ipynb #4c79ecd8
+@patch
+def answer_many(self:ChatModel,
+                conversations:list,  # user messages, or lists of `{role, content}` messages
+                base:bool=False,     # answer with the base model (adapter switched off)
+                **gen) -> list[str]: # generation settings overriding the `chat` section (temperature=0: greedy)
+    "The model's answers to `conversations`, generated as one batch."
+    import torch, contextlib
+    tok = self.tokenizer
+    texts = [tok.apply_chat_template(self._messages(c), add_generation_prompt=True, tokenize=False) for c in conversations]
+    side, tok.padding_side = tok.padding_side, 'left'
+    try: enc = tok(texts, return_tensors='pt', padding=True, add_special_tokens=False).to(self.model.device)
+    finally: tok.padding_side = side
+    ctx = self.model.disable_adapter() if base and hasattr(self.model, 'disable_adapter') else contextlib.nullcontext()
+    with ctx, torch.no_grad(): out = self.model.generate(**enc, **self._gen_kwargs(**gen))
+    return [tok.decode(o[enc['input_ids'].shape[1]:], skip_special_tokens=True).strip() for o in out]
 
 # %% ../nbs/60_chat.ipynb #2da362a2
 def chat(source, input_fn=input, print_fn=print):

@@ -59,11 +59,11 @@ def _not_yet(name:str):
 
 # %% ../nbs/90_cli.ipynb #9c71d59c
 def cmd_demo(args) -> int:
-    "Build the tiny model, QLoRA-train it on the demo data on this machine, and show that it learned."
+    "Teach the real small model (SmolLM2-135M) a persona on this machine, and show what changed and what it kept."
     from qlora_nb.demo import demo
     sets = parse_sets(args.set)
     steps = int(sets.pop('training.max_steps', args.steps))
-    d = demo(args.out or 'outputs/demo', steps, args.rows, sets)
+    d = demo(args.out or 'outputs/demo', steps, sets)
     print(d.report())
     print(f'outputs: {args.out or "outputs/demo"} (adapter, loss.png, metrics.jsonl, demo_report.md)')
     return 0
@@ -156,14 +156,14 @@ def _with_config(p, help='the YAML config (ours or Axolotl)'):
 def make_parser() -> argparse.ArgumentParser:
     "The `qlora-nb` argument parser."
     from qlora_nb import __version__
+    from qlora_nb.demo import DEMO_STEPS
     ap = argparse.ArgumentParser(prog='qlora-nb', description='QLoRA fine-tuning of LLMs: the CLI over the qlora_nb functions.')
     ap.add_argument('--version', action='version', version=f'qlora_nb {__version__}')
     sub = ap.add_subparsers(dest='command', metavar='COMMAND', required=True)
 
-    p = sub.add_parser('demo', help='build a tiny model and QLoRA-train it on the bundled demo data (CPU, a few minutes)')
+    p = sub.add_parser('demo', help='QLoRA-train the real SmolLM2-135M on a small persona dataset (CPU, a few minutes)')
     p.add_argument('--out', help='output folder (default outputs/demo)')
-    p.add_argument('--steps', type=int, default=300, help='optimizer steps (default 300)')
-    p.add_argument('--rows', type=int, default=10, help='demo conversations to use, 2 of them held out (default 10)')
+    p.add_argument('--steps', type=int, default=DEMO_STEPS, help=f'optimizer steps (default {DEMO_STEPS})')
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help='change one setting of the demo config')
     p.set_defaults(func=cmd_demo)
 

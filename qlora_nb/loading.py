@@ -15,7 +15,7 @@ from .config import BUILTIN_PREFIX, DatasetConfig, QloraError
 log = logging.getLogger('qlora_nb')
 
 # %% ../nbs/11_loading.ipynb #2c8cb779
-BUILTIN_DATASETS = {'demo-chat': 'demo_chat.jsonl'}
+BUILTIN_DATASETS = {'demo-chat': 'demo_chat.jsonl', 'demo-persona': 'demo_persona.jsonl', 'demo-persona-val': 'demo_persona_val.jsonl'}
 _EXT = {'.jsonl': 'json', '.json': 'json', '.ndjson': 'json', '.csv': 'csv', '.tsv': 'csv', '.parquet': 'parquet',
         '.txt': 'text', '.arrow': 'arrow'}
 

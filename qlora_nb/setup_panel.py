@@ -125,7 +125,7 @@ class SetupPanel(Panel):
                  delay:float=0.3):
         W = widgets()
         self.store = as_store(config)
-        model = Setting(self.store, 'model.base_model', options=['builtin:tiny-llama', 'builtin:tiny-qwen'])
+        model = Setting(self.store, 'model.base_model', options=['builtin:smollm2-135m', 'builtin:tiny-llama', 'builtin:tiny-qwen'])
         self.memory = MemoryView(self.store, estimate, fixes, delay)
         self.load, self.status = load or load_report, Status()
         self.load_button = W.Button(description='Load', icon='download')
