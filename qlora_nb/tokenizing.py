@@ -40,12 +40,19 @@ def turn_end(tokenizer, template:str)->str:
 # %% ../nbs/13_tokenizing.ipynb #1ab82e29
 def _common_prefix(a:str, b:str)->int: return len(os.path.commonprefix([a, b]))
 
+def _prompt_end(prompt:str, upto:str, context:str|None)->int:
+    if upto.startswith(prompt): return len(prompt)
+    if context is not None and prompt.startswith(context) and upto.startswith(context): return _common_prefix(prompt, upto)
+    n = next(n for n in range(len(prompt), -1, -1) if n == 0 or prompt[-n:] in upto)  # the context itself is written otherwise
+    return upto.rfind(prompt[-n:]) + n if n else 0
+
 def generated_part(prompt:str,  # `messages[:k]` rendered with the generation prompt
                    upto:str,    # `messages[:k+1]` rendered (turn k the last)
                    after:str,   # what the template writes after an answer (`_after_answer`): end-of-turn text and layout
+                   context:str|None=None, # `messages[:k]` rendered without the generation prompt (needed when `upto` does not start with `prompt`)
                   )->tuple[int,int]: # `(start, stop)` of what the model generates, in `upto`
     "Where turn k's generated text is in `upto`: from the end of the prompt through the end-of-turn text."
-    start, end = _common_prefix(prompt, upto), after.rstrip()
+    start, end = _prompt_end(prompt, upto, context), after.rstrip()
     gen = upto[start:]
     if end and end in gen: return start, start + gen.rindex(end) + len(end)
     layout = after[len(end):]
@@ -99,7 +106,8 @@ def chat_spans(tokenizer,            # supplies the template's variables
     prompts = render_many(tokenizer, [messages[:k] for k in ks], template, True, tools) if ks else []
     found, limit = {}, len(text)
     for k, p, u in reversed(list(zip(ks, prompts, uptos))):
-        a, b = locate_turn(text, u, *generated_part(p, u, after), limit, k)
+        context = None if u.startswith(p) else render_many(tokenizer, [messages[:k]], template, tools=tools)[0]
+        a, b = locate_turn(text, u, *generated_part(p, u, after, context), limit, k)
         _check_calls(text[a:b], messages[k], k)
         found[k], limit = (a, b), a
     return text, _with_other_roles(text, messages, found, after.rstrip(), roles)
