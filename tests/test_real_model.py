@@ -28,8 +28,11 @@ def test_the_converted_folder_is_the_model_transformers_reads_from_the_gguf():
     ours_tok = transformers.AutoTokenizer.from_pretrained(path)
     ours = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     msgs = [{'role': 'user', 'content': 'Hi there!\n'}, {'role': 'assistant', 'content': ' Hello  é 日本 <|im_end|>?'}]
-    assert ours_tok.apply_chat_template(msgs) == ref_tok.apply_chat_template(msgs)
-    ids = torch.tensor([ref_tok.apply_chat_template(msgs)])
+    text = ref_tok.apply_chat_template(msgs, tokenize=False)
+    assert ours_tok.apply_chat_template(msgs, tokenize=False) == text
+    ref_ids = ref_tok(text, add_special_tokens=False)['input_ids']
+    assert ours_tok(text, add_special_tokens=False)['input_ids'] == ref_ids
+    ids = torch.tensor([ref_ids])
     with torch.no_grad(): assert torch.equal(ours(ids).logits, ref(ids).logits)
 
 
