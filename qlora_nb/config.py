@@ -465,7 +465,8 @@ def config_from_dict(d:dict,                # settings, in sections (see `Config
     for k in required:
         if k not in given:
             problems.append(Problem(k, 'is missing.', _REQUIRED_FIX.get(k, f'add `{k}`.')))
-    if not problems: problems += validate(c, given)
+    bad = {p.key for p in problems}  # a value refused above stands at its default: no rule may judge it
+    problems += [p for p in validate(c, given) if p.key not in bad]
     if problems:
         for p in problems: p.file, p.line = file, _line_of(p.key, lines or {})
         raise ConfigError(problems)
