@@ -28,12 +28,12 @@ BUILTIN_TEMPLATES = {'llama3': LLAMA3_TEMPLATE, 'chatml': CHATML_TEMPLATE} | {
 TEMPLATE_ALIASES = {'llama-3': 'llama3', 'llama3.3': 'llama3.1', 'qwen_25': 'qwen2.5', 'qwen2_5': 'qwen2.5', 'qwen25': 'qwen2.5',
                     'qwen3_5': 'qwen3.5', 'gemma2': 'gemma', 'gemma3n': 'gemma3', 'phi_3': 'phi3.5', 'phi3': 'phi3.5', 'phi-3': 'phi3.5',
                     'phi_35': 'phi3.5', 'phi_4': 'phi4', 'mistral_v2v3': 'mistral', 'mistral_v3': 'mistral', 'mistral_v0.3': 'mistral',
-                    'mistral_nemo': 'mistral_v3_tekken', 'aya': 'cohere', 'vicuna_v1.1': 'vicuna', 'vicuna_v1': 'vicuna', 'chat_ml': 'chatml'}
+                    'mistral_nemo': 'mistral_v3_tekken', 'aya': 'cohere', 'gemma4_unified': 'gemma4', 'vicuna_v1.1': 'vicuna', 'vicuna_v1': 'vicuna', 'chat_ml': 'chatml'}
 
 # Axolotl names we do not build in, and why.
-_NOT_BUILT = dict.fromkeys(('command_a', 'command_a_tool_use', 'command_a_rag', 'gemma4', 'gemma4_unified', 'jamba', 'exaone4'),
-    "qlora_nb has no built-in copy of this family's template yet. Fix: leave `data.chat_template` empty, and the "
-    "model's tokenizer brings its real template (or give the template as a .jinja file).")
+_NOT_BUILT = dict.fromkeys(('command_a_tool_use', 'command_a_rag'),
+    "qlora_nb has no built-in copy of Cohere's tool-use and document (RAG) templates. Fix: leave `data.chat_template` "
+    "empty, and Command A's tokenizer brings its real template (or give it as a .jinja file); `command_a` renders plain chats.")
 _NOT_BUILT |= dict.fromkeys(('llava', 'pixtral', 'qwen2_vl', 'llama3_2_vision'),
     'this is a multimodal (image) template and qlora_nb trains text only. Fix: train the text model of the family '
     '(e.g. `llama3.2`, `qwen2.5`, `mistral_v7_tekken`) or leave `data.chat_template` empty to use the tokenizer\'s own.')
