@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['log', 'BUILTIN_TEMPLATES', 'TEMPLATE_ALIASES', 'TOKENIZER_DEFAULT', 'FALLBACK_PREFIX', 'EXAMPLE_CHAT', 'render',
            'builtin_template', 'template_problem', 'template_from_setting', 'template_name', 'template_family',
-           'same_template', 'resolve_template', 'special_tokens', 'template_tokens', 'choose_pad_token',
-           'prepare_tokenizer', 'ends_turn', 'load_tokenizer']
+           'same_template', 'resolve_template', 'template_label', 'special_tokens', 'template_tokens',
+           'choose_pad_token', 'prepare_tokenizer', 'ends_turn', 'load_tokenizer']
 
 # %% ../nbs/10_templates.ipynb #413f6a39
 import difflib, logging, re
@@ -151,6 +151,14 @@ def resolve_template(tokenizer,        # the model's tokenizer
                              f'a model is trained with one template. Fix: make `{key}` and `data.chat_template` agree '
                              f'(or remove `{key}`).')
     return tpl
+
+# %% ../nbs/10_templates.ipynb #012c059b
+def template_label(tokenizer, config:Config)->str: # uses `data.chat_template` and the datasets' `conversation`
+    "How a report names the run's template (`tokenizer.chat_template`): built-in name, else family and source, else `custom`."
+    tpl, d = _tokenizer_template(tokenizer), config.data
+    if (name := template_name(tpl)) != 'custom' or (family := template_family(tokenizer, tpl)) is None: return name
+    own = d.chat_template.strip() == TOKENIZER_DEFAULT if d.chat_template else not any(ds.conversation for ds in d.datasets + d.val_datasets)
+    return f"{family} (the tokenizer's own)" if own else f'custom (renders as {family})'
 
 # %% ../nbs/10_templates.ipynb #d21b2ef0
 def special_tokens(tokenizer)->set[str]:

@@ -4,7 +4,7 @@ import pytest
 from transformers.utils.chat_template_utils import _compile_jinja_template
 from qlora_nb.config import Config, validate
 from qlora_nb.templates import (BUILTIN_TEMPLATES, TEMPLATE_ALIASES, builtin_template, template_problem, template_name,
-                                template_family, resolve_template, template_from_setting)
+                                template_family, template_label, resolve_template, template_from_setting)
 from conftest import qlora_nb_cli
 
 S = {'role': 'system', 'content': 'You are a terse assistant.'}
@@ -151,5 +151,6 @@ def test_smollm2_is_chatml_with_its_default_system_prompt(monkeypatch):
     tok = AutoTokenizer.from_pretrained(resolve_model_path('builtin:smollm2-135m'))
     tpl = resolve_template(tok, Config())  # `data.chat_template` empty: the tokenizer's own template wins
     assert tpl == tok.chat_template and template_family(tok, tpl) == 'chatml'
+    assert template_label(tok, Config()) == "chatml (the tokenizer's own)"  # what `qlora-nb preprocess` prints
     text = tok.apply_chat_template([U1], chat_template=tpl, tokenize=False)
     assert text.startswith('<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n')
