@@ -213,10 +213,18 @@ def prepare_tokenizer(tokenizer,       # the model's tokenizer (changed in place
 def ends_turn(tokenizer, template:str|None)->set[str]:
     "The special tokens `template` writes right after an assistant's answer (the ones that must be trained)."
     if not template: return set()
-    try: text = tokenizer.apply_chat_template(_PROBE[1:2] + [{'role': 'assistant', 'content': 'QLORANB7ANSWER'}], chat_template=template, tokenize=False)
-    except Exception: return set()
+    chat = _PROBE[1:2] + [{'role': 'assistant', 'content': 'QLORANB7ANSWER'}]
+    text = next((t for tools in (None, _PROBE_TOOLS) if (t := _try_render(tokenizer, chat, template, tools)) is not None), None)
+    if text is None: return set()
     after = text[text.rindex('QLORANB7ANSWER') + len('QLORANB7ANSWER'):].lstrip()
     return {t for t in special_tokens(tokenizer) if after.startswith(t)}
+
+_PROBE_TOOLS = [{'type': 'function', 'function': {'name': 'probe', 'description': 'A probe tool.', 'parameters': {'type': 'object', 'properties': {}}}}]
+
+def _try_render(tokenizer, messages, template, tools):
+    "The rendered text, or None where the template refuses (some render nothing without `tools`: Hermes' tool_use)."
+    try: return tokenizer.apply_chat_template(messages, chat_template=template, tools=tools, tokenize=False)
+    except Exception: return None
 
 def _fix_pad(tokenizer, why:str='the tokenizer has no pad token'):
     tpl = _tokenizer_template(tokenizer)

@@ -7,7 +7,7 @@ from qlora_nb.builtin import resolve_model_path
 from qlora_nb.config import Config, DatasetConfig
 from qlora_nb.data import prepare_data, write_jsonl
 from qlora_nb.formats import BadRow, to_sample
-from qlora_nb.tokenizing import IGNORE, SampleTokenizer
+from qlora_nb.tokenizing import IGNORE, SampleTokenizer, next_turn_end, turn_end
 
 WORDS = 'the capital of France is Paris assistant user <|im_end|> <|im_start|> </s> <|eot_id|> [INST] 12 + 7 = 19 é 日本 🙂'.split()
 CALL = {'type': 'function', 'function': {'name': 'get_weather', 'arguments': {'city': 'Paris'}}}
@@ -56,9 +56,15 @@ def reference_labels(tok, msgs, template, tools=None):
     return enc['input_ids'], [i if any(a < e and b > s for s, e in spans) else IGNORE for i, (a, b) in zip(enc['input_ids'], enc['offset_mapping'])]
 
 
+def _no_last_end(tok, tpl):
+    try: return not turn_end(tok, tpl) and bool(next_turn_end(tok, tpl))
+    except BadRow: return False  # the probe itself fails (functionary needs `functions`): the loop skips its rows too
+
+
 def test_whitespace_and_lookalikes_on_real_templates(smol, real_templates):
     rng, compared, templates = random.Random(0), 0, set()
     for name, tpl in {'smollm2': smol.chat_template, **real_templates}.items():
+        if _no_last_end(smol, tpl): continue  # no end after the last answer (Apertus): test_no_end_after_the_last_answer
         st = SampleTokenizer(smol, tpl)
         for _ in range(12):
             msgs = conversation(rng)
@@ -107,8 +113,10 @@ def _runs(labels):
     return runs
 
 
+HERMES = ['NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use', 'NousResearch-Hermes-3-Llama-3.1-8B-tool_use']
+
 @pytest.mark.parametrize('name', ['Qwen-Qwen2.5-7B-Instruct', 'meta-llama-Llama-3.1-8B-Instruct',
-                                  'Qwen-Qwen3-0.6B'])
+                                  'Qwen-Qwen3-0.6B', *HERMES])
 def test_tool_calls_trained_results_not(smol, real_templates, name):
     tpl = real_templates[name]
     (ids, labels), = SampleTokenizer(smol, tpl)([{'messages': TOOL_CHAT, 'tools': TOOLS}])
@@ -116,6 +124,21 @@ def test_tool_calls_trained_results_not(smol, real_templates, name):
     assert 'get_weather' in trained and 'Paris' in trained and 'It is sunny.' in trained and 'SUNNY18' not in trained, trained
     ref = reference_labels(smol, TOOL_CHAT, tpl, TOOLS)
     if ref is not None: assert (ids, labels) == ref
+    if name in HERMES:  # its last tool turn is written otherwise before a generation prompt: no prefix reference, so the exact runs
+        assert _runs_text(smol, labels) == ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>', 'It is sunny.<|im_end|>']
+
+
+@pytest.mark.parametrize('name', HERMES)
+def test_end_of_turn_of_a_template_that_needs_tools(smol, real_templates, name):
+    "Hermes' tool_use templates render nothing without `tools`: the end-of-turn probes pass a dummy tool."
+    from qlora_nb.templates import ends_turn
+    from qlora_nb.tokenizing import turn_end
+    tpl = real_templates[name]
+    with pytest.raises(TypeError): smol.apply_chat_template([{'role': 'user', 'content': 'U'}], chat_template=tpl, tokenize=False)
+    assert turn_end(smol, tpl) == '<|im_end|>' and ends_turn(smol, tpl) == {'<|im_end|>'}
+
+
+def _runs_text(tok, labels): return [tok.decode(r) for r in _runs(labels)]
 
 
 @pytest.mark.parametrize('name', [None, 'HuggingFaceTB-SmolLM3-3B', 'ibm-granite-granite-3.3-2B-Instruct'])
@@ -141,3 +164,27 @@ def test_sharegpt_tools_through_the_pipeline(smol, real_templates, tmp_path):
     trained = [smol.decode([l for l in x if l != IGNORE]) for x in pd.train['labels']]
     assert 'get_weather' in trained[0] and 'SUNNY18' not in trained[0] and trained[0].endswith('It is sunny.\n<|im_end|>'), trained[0]
     assert trained[1] == '\nHello!\n<|im_end|>'
+
+
+NO_LAST_END = {'Apertus-8B-Instruct': '<|assistant_end|>', 'Apriel-1.6-15b-Thinker-fixed': '\n<|end|>'}
+
+@pytest.mark.parametrize('name', NO_LAST_END)
+def test_no_end_after_the_last_answer(smol, real_templates, name):
+    """Apertus writes `<|assistant_end|>` (Apriel `\\n<|end|>`) after an answer that another turn follows, nothing after the
+    last: every answer is trained through it (the last one gets it appended), against a prefix-by-prefix reference that
+    renders each answer with a user turn after it and cuts after the end token."""
+    from qlora_nb.tokenizing import reference_trained_turns, next_turn_end
+    tpl, rng, n, end = real_templates[name], random.Random(1), 0, NO_LAST_END[name]
+    assert next_turn_end(smol, tpl) == end
+    st = SampleTokenizer(smol, tpl)
+    for _ in range(20):
+        msgs = conversation(rng)
+        (ids, labels), = st([{'messages': msgs}])
+        want = reference_trained_turns(smol, msgs, tpl, stop=end.strip())
+        text = smol.apply_chat_template(msgs, chat_template=tpl, tokenize=False)
+        assert ids == smol(text + end, add_special_tokens=False)['input_ids']  # the last answer's stop added
+        runs = _runs_text(smol, labels)
+        # SmolLM2 does not know Apertus' markers: a token of it may span a marker's `>` or `<` and the answer (no half tokens)
+        assert len(runs) == len(want) and all(w in r and len(r) - len(w) <= 2 for r, w in zip(runs, want)), (runs, want)
+        n += 1
+    assert n == 20
