@@ -196,12 +196,14 @@ def test_real_gguf_tensors(real, f16_back):
         assert np.allclose(back[n], gguf_data(sd[k], k, cfg, 'llama', gguf.GGMLQuantizationType.F32), rtol=2**-11, atol=2**-24), k
 
 
+@pytest.mark.llamacpp
 def test_real_llamacpp_tokenizes_chats(real, llama):
     "llama.cpp renders the chats with the GGUF's chat template and tokenizes them into exactly transformers' ids."
     for r in real['refs']:
         assert llama['f16'].chat_ids(r['messages']) == r['ids'], r['messages']
 
 
+@pytest.mark.llamacpp
 def test_real_llamacpp_logits_and_greedy(real, llama):
     "llama.cpp's next-token distribution is transformers' within TOL, and its greedy tokens are transformers' (f16; q8_0 may differ)."
     for kind, lc in llama.items():
@@ -213,6 +215,7 @@ def test_real_llamacpp_logits_and_greedy(real, llama):
             if kind == 'f16': assert greedy == r['greedy'] and lp.argmax() == r['logits'].argmax()
 
 
+@pytest.mark.llamacpp
 def test_real_llamacpp_chat_answer(real, llama):
     "Through llama.cpp's chat route (its own template rendering), the f16 file answers each chat as transformers does."
     for r in real['refs']:
@@ -257,6 +260,7 @@ def _rope3(tmp_path):
     return base
 
 
+@pytest.mark.llamacpp
 @pytest.mark.parametrize('family', ['tiny-llama', 'tiny-qwen', 'tiny-llama-rope3'])
 def test_llamacpp_tiny(tmp_path, family):
     "llama.cpp tokenizes the chats as transformers does and runs the f16 and q8_0 files: same top token, logits within tolerance."
