@@ -55,7 +55,7 @@ def _xllamacpp():
     if os.environ.get('CI'):
         import xllamacpp
         return xllamacpp
-    return pytest.importorskip('xllamacpp', reason='the llama.cpp checks need xllamacpp: run .ci/llamacpp-deps')
+    return pytest.importorskip('xllamacpp', reason='the llama.cpp checks need xllamacpp, a dev extra: pip install -e ".[dev]"')
 
 
 class LlamaCpp:
@@ -174,7 +174,7 @@ def test_real_gguf_metadata(real, f16_back):
         'block_count': 30, 'embedding_length': 576, 'feed_forward_length': 1536, 'attention.head_count': 9,
         'attention.head_count_kv': 3, 'context_length': cfg.max_position_embeddings, 'rope.dimension_count': 64}
     assert meta['llama.rope.freq_base'] == cfg.rope_parameters['rope_theta']
-    assert meta['tokenizer.ggml.model'] == 'gpt2' and meta['tokenizer.ggml.pre'] == 'gpt-2'
+    assert meta['tokenizer.ggml.model'] == 'gpt2' and meta['tokenizer.ggml.pre'] == 'smollm'
     toks = meta['tokenizer.ggml.tokens']
     assert len(toks) == cfg.vocab_size == 49152 and all(toks[i] == t for t,i in tok.get_vocab().items())
     assert (meta['tokenizer.ggml.eos_token_id'], meta['tokenizer.ggml.bos_token_id'], meta['tokenizer.ggml.padding_token_id']) == \
@@ -194,6 +194,16 @@ def test_real_gguf_tensors(real, f16_back):
     assert len(back) == len(plan) == len(sd) == 272 and 'output.weight' not in back
     for k,n,_,_ in plan:
         assert np.allclose(back[n], gguf_data(sd[k], k, cfg, 'llama', gguf.GGMLQuantizationType.F32), rtol=2**-11, atol=2**-24), k
+
+
+@pytest.mark.llamacpp
+def test_builtin_tokenizer_is_the_packaged_files(real):
+    "Our converted SmolLM2 tokenizer splits text as llama.cpp does on the original packaged GGUF (digits one by one: `smollm`)."
+    from qlora_nb.builtin import packaged_gguf
+    ref = LlamaCpp(packaged_gguf())
+    texts = ['In 2024, 1234567 + 89 = 1234656.', 'Hello  world\n\n  é 日本 <|im_end|> 3.14', "it's 10:30 -- ok?"]
+    for t in texts:
+        assert real['tok'](t, add_special_tokens=False)['input_ids'] == ref.post('/tokenize', {'content': t, 'parse_special': True})['tokens'], t
 
 
 @pytest.mark.llamacpp
