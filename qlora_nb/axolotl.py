@@ -255,7 +255,7 @@ def _refusals(d:dict, refused:list):
             t = ds.get('type') if isinstance(ds, dict) else None
             if isinstance(t, str) and t not in DATASET_TYPES and not alpaca_formats(t):  # `alpaca:poem`, `chatml.ultra`, ...: Axolotl's own prompt strategies
                 refused.append((f'{part}[{i}].type', f'`{t}` is an Axolotl prompt strategy qlora_nb does not have.',
-                                f'use one of {", ".join(DATASET_TYPES)}, or a `type:` mapping with `format` for a prompt of your own.'))
+                                f'use one of {", ".join(["alpaca"] + [f"alpaca:{s}" for s in ALPACA_STYLES if s != "instruct"] + list(DATASET_TYPES))}, or a `type:` mapping with `format` for a prompt of your own.'))
 
 
 # %% ../nbs/01_axolotl.ipynb #94470150
