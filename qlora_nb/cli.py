@@ -73,7 +73,7 @@ def cmd_preprocess(args) -> int:
     "Tokenize the data and report what was kept, dropped and trained."
     from qlora_nb.data import cached_prepare
     from qlora_nb.preview import preview_sample
-    from qlora_nb.templates import load_tokenizer, template_name
+    from qlora_nb.templates import load_tokenizer, template_label
     import datasets
     c = _load(args)
     if args.json: datasets.disable_progress_bars()
@@ -82,7 +82,7 @@ def cmd_preprocess(args) -> int:
     if args.json:
         print(json.dumps({**pd.report.to_dict(), 'prepared_path': pd.cache_path, 'reused': pd.cached}))
         return 0
-    print(f'chat template: {template_name(tok.chat_template)}; pad token: {tok.pad_token!r} (id {tok.pad_token_id})')
+    print(f'chat template: {template_label(tok, c)}; pad token: {tok.pad_token!r} (id {tok.pad_token_id})')
     print(pd.report)
     print(f"{'reused' if pd.cached else 'saved'} the prepared data: {pd.cache_path}")
     color = sys.stdout.isatty()

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['log', 'BUILTIN_TEMPLATES', 'TEMPLATE_ALIASES', 'TOKENIZER_DEFAULT', 'FALLBACK_PREFIX', 'EXAMPLE_CHAT', 'render',
            'builtin_template', 'template_problem', 'template_from_setting', 'template_name', 'template_family',
-           'same_template', 'resolve_template', 'special_tokens', 'template_tokens', 'choose_pad_token',
-           'prepare_tokenizer', 'ends_turn', 'load_tokenizer']
+           'same_template', 'resolve_template', 'template_label', 'special_tokens', 'template_tokens',
+           'choose_pad_token', 'prepare_tokenizer', 'ends_turn', 'load_tokenizer']
 
 # %% ../nbs/10_templates.ipynb #413f6a39
 import difflib, logging, re
@@ -28,12 +28,12 @@ BUILTIN_TEMPLATES = {'llama3': LLAMA3_TEMPLATE, 'chatml': CHATML_TEMPLATE} | {
 TEMPLATE_ALIASES = {'llama-3': 'llama3', 'llama3.3': 'llama3.1', 'qwen_25': 'qwen2.5', 'qwen2_5': 'qwen2.5', 'qwen25': 'qwen2.5',
                     'qwen3_5': 'qwen3.5', 'gemma2': 'gemma', 'gemma3n': 'gemma3', 'phi_3': 'phi3.5', 'phi3': 'phi3.5', 'phi-3': 'phi3.5',
                     'phi_35': 'phi3.5', 'phi_4': 'phi4', 'mistral_v2v3': 'mistral', 'mistral_v3': 'mistral', 'mistral_v0.3': 'mistral',
-                    'mistral_nemo': 'mistral_v3_tekken', 'aya': 'cohere', 'vicuna_v1.1': 'vicuna', 'vicuna_v1': 'vicuna', 'chat_ml': 'chatml'}
+                    'mistral_nemo': 'mistral_v3_tekken', 'aya': 'cohere', 'gemma4_unified': 'gemma4', 'vicuna_v1.1': 'vicuna', 'vicuna_v1': 'vicuna', 'chat_ml': 'chatml'}
 
 # Axolotl names we do not build in, and why.
-_NOT_BUILT = dict.fromkeys(('command_a', 'command_a_tool_use', 'command_a_rag', 'gemma4', 'gemma4_unified', 'jamba', 'exaone4'),
-    "qlora_nb has no built-in copy of this family's template yet. Fix: leave `data.chat_template` empty, and the "
-    "model's tokenizer brings its real template (or give the template as a .jinja file).")
+_NOT_BUILT = dict.fromkeys(('command_a_tool_use', 'command_a_rag'),
+    "qlora_nb has no built-in copy of Cohere's tool-use and document (RAG) templates. Fix: leave `data.chat_template` "
+    "empty, and Command A's tokenizer brings its real template (or give it as a .jinja file); `command_a` renders plain chats.")
 _NOT_BUILT |= dict.fromkeys(('llava', 'pixtral', 'qwen2_vl', 'llama3_2_vision'),
     'this is a multimodal (image) template and qlora_nb trains text only. Fix: train the text model of the family '
     '(e.g. `llama3.2`, `qwen2.5`, `mistral_v7_tekken`) or leave `data.chat_template` empty to use the tokenizer\'s own.')
@@ -151,6 +151,14 @@ def resolve_template(tokenizer,        # the model's tokenizer
                              f'a model is trained with one template. Fix: make `{key}` and `data.chat_template` agree '
                              f'(or remove `{key}`).')
     return tpl
+
+# %% ../nbs/10_templates.ipynb #012c059b
+def template_label(tokenizer, config:Config)->str: # uses `data.chat_template` and the datasets' `conversation`
+    "How a report names the run's template (`tokenizer.chat_template`): built-in name, else family and source, else `custom`."
+    tpl, d = _tokenizer_template(tokenizer), config.data
+    if (name := template_name(tpl)) != 'custom' or (family := template_family(tokenizer, tpl)) is None: return name
+    own = d.chat_template.strip() == TOKENIZER_DEFAULT if d.chat_template else not any(ds.conversation for ds in d.datasets + d.val_datasets)
+    return f"{family} (the tokenizer's own)" if own else f'custom (renders as {family})'
 
 # %% ../nbs/10_templates.ipynb #d21b2ef0
 def special_tokens(tokenizer)->set[str]:

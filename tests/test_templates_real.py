@@ -4,7 +4,7 @@ import pytest
 from transformers.utils.chat_template_utils import _compile_jinja_template
 from qlora_nb.config import Config, validate
 from qlora_nb.templates import (BUILTIN_TEMPLATES, TEMPLATE_ALIASES, builtin_template, template_problem, template_name,
-                                template_family, resolve_template, template_from_setting)
+                                template_family, template_label, resolve_template, template_from_setting)
 from conftest import qlora_nb_cli
 
 S = {'role': 'system', 'content': 'You are a terse assistant.'}
@@ -38,6 +38,8 @@ REFERENCED = {
     'phi_35': ('microsoft-Phi-3.5-mini-instruct', dict(bos_token='<s>', eos_token='<|endoftext|>'), False, False, ()),
     'phi_3': ('microsoft-Phi-3.5-mini-instruct', dict(bos_token='<s>', eos_token='<|endoftext|>'), False, False, ()),
     'mistral_v3_tekken': ('mistralai-Mistral-Nemo-Instruct-2407', dict(bos_token='<s>', eos_token='</s>'), True, False, ()),
+    'gemma4': ('google-gemma-4-31B-it', dict(bos_token='<bos>', eos_token='<eos>'), False, True, ({'enable_thinking': True},)),
+    'gemma4_unified': ('google-gemma-4-31B-it-interleaved', dict(bos_token='<bos>', eos_token='<eos>'), False, True, ({'enable_thinking': True},)),
 }
 
 def render(template, messages, **kw):
@@ -63,6 +65,26 @@ def test_same_as_real_template(name, real_templates):
         else: assert got == want, (messages, kw); n += 1
     assert n >= 6  # most conversations render (not just fail the same way)
 
+def test_gemma4_drops_thought_channels(real_templates):
+    "An answer's `<|channel>thought ...<channel|>` is not written back into history, as in Gemma 4's own template."
+    chat = [U1, {'role': 'assistant', 'content': '<|channel>thought\nFrance.<channel|>Paris.'}, U2]
+    for gp in (False, True):
+        want = render(real_templates['google-gemma-4-31B-it'], chat, bos_token='<bos>', add_generation_prompt=gp)
+        assert render(builtin_template('gemma4'), chat, bos_token='<bos>', add_generation_prompt=gp) == want and 'France.' not in want
+
+def test_command_a_is_command_r7b_format(real_templates):
+    """Command A's default template is Command R7B's format (llama.cpp has R7B's): the same preamble, developer preamble and
+    turns, but a blank line before `# Default Preamble` and `<|START_RESPONSE|>` in the generation prompt (R7B's
+    empty thinking block is off with `enable_thinking`)."""
+    r7b, n = real_templates['CohereForAI-c4ai-command-r7b-12-2024-tool_use'], 0
+    for messages, kw in cases(False, True, ()):
+        want = render(r7b, messages, bos_token='<BOS_TOKEN>', enable_thinking=True, **kw).replace('languages.\n# Default', 'languages.\n\n# Default')
+        want += '<|START_RESPONSE|>' if kw['add_generation_prompt'] else ''
+        assert render(builtin_template('command_a'), messages, bos_token='<BOS_TOKEN>', **kw) == want, (messages, kw); n += 1
+    assert n == 16
+    strict = render(builtin_template('command_a'), [U1], bos_token='', safety_mode='strict')
+    assert '# System Preamble\nYou are in strict safety mode.' in strict and 'contextual' not in strict
+
 B, E = '<s>', '</s>'
 DOCUMENTED = {  # name -> the documented text of [S, U1, A1, U2, A2] (BOS <s>, EOS </s>)
     'llama3': '<s><|start_header_id|>system<|end_header_id|>\n\nYou are a terse assistant.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat is the capital of France?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nParis.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nAnd of Spain?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nMadrid.<|eot_id|>',
@@ -78,6 +100,8 @@ DOCUMENTED = {  # name -> the documented text of [S, U1, A1, U2, A2] (BOS <s>, E
     'exaone': '[|system|]You are a terse assistant.[|endofturn|]\n[|user|]What is the capital of France?\n[|assistant|]Paris.[|endofturn|]\n[|user|]  And of Spain?\n\n[|assistant|]\nMadrid. \n[|endofturn|]\n',
     'metharme': '<s><|system|>You are a terse assistant.<|user|>What is the capital of France?<|model|>Paris.<|user|>And of Spain?<|model|>Madrid.</s>',
     'falcon_h1': '<s><|im_start|>system\nYou are a terse assistant.<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nParis.<|im_end|>\n<|im_start|>user\n  And of Spain?\n<|im_end|>\n<|im_start|>assistant\n\nMadrid. \n<|im_end|>\n',
+    'jamba': '<|startoftext|><|bom|><|system|> You are a terse assistant.<|eom|><|bom|><|user|> What is the capital of France?<|eom|><|bom|><|assistant|> Paris.<|eom|><|bom|><|user|>   And of Spain?\n<|eom|><|bom|><|assistant|> \nMadrid. \n<|eom|>',
+    'exaone4': '[|system|]\nYou are a terse assistant.[|endofturn|]\n[|user|]\nWhat is the capital of France?[|endofturn|]\n[|assistant|]\n<think>\n\n</think>\n\nParis.[|endofturn|]\n[|user|]\n  And of Spain?\n[|endofturn|]\n[|assistant|]\n<think>\n\n</think>\n\n\nMadrid. \n[|endofturn|]\n',
     'mistral_v7_tekken': '<s>[SYSTEM_PROMPT]You are a terse assistant.[/SYSTEM_PROMPT][INST]What is the capital of France?[/INST]Paris.</s>[INST]  And of Spain?\n[/INST]\nMadrid. \n</s>',
 }
 DOCUMENTED |= {'gemma3n': DOCUMENTED['gemma3'], 'aya': DOCUMENTED['cohere'], 'nemotron_h': DOCUMENTED['chatml']}
@@ -91,6 +115,12 @@ def test_defaults_without_system():
     assert render(builtin_template('exaone'), [U1], add_generation_prompt=True) == '[|system|][|endofturn|]\n[|user|]What is the capital of France?\n[|assistant|]'
     assert render(builtin_template('metharme'), [U1], bos_token=B, eos_token=E, add_generation_prompt=True).startswith('<s><|system|>Enter RP mode.')
     assert '[SYSTEM_PROMPT]You are Mistral Small 3' in render(builtin_template('mistral_v7_tekken'), [U1], bos_token=B, eos_token=E)
+    assert render(builtin_template('jamba'), [U1], add_generation_prompt=True) == '<|startoftext|><|bom|><|system|> <|eom|><|bom|><|user|> What is the capital of France?<|eom|><|bom|><|assistant|>'
+    ex4 = builtin_template('exaone4')
+    assert render(ex4, [U1], add_generation_prompt=True) == '[|user|]\nWhat is the capital of France?[|endofturn|]\n[|assistant|]\n<think>\n\n</think>\n\n'
+    assert render(ex4, [U1], add_generation_prompt=True, enable_thinking=True).endswith('[|assistant|]\n<think>\n')
+    assert render(ex4, THINK_CHATS['reasoning_content'][:2], skip_think=False).endswith('[|assistant|]\n<think>\nThe user asks about France.\n</think>\n\nParis.[|endofturn|]\n')
+    assert render(ex4, [U1, R2, U2, R2], skip_think=False).count('Spain: Madrid.') == 1  # reasoning of the last answer only
     assert render(builtin_template('gemma3'), [U1], bos_token=B, add_generation_prompt=True) == '<s><start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n<start_of_turn>model\n'
 
 AXOLOTL_NAMES = ['alpaca', 'aya', 'chatml', 'cohere', 'command_a', 'command_a_rag', 'command_a_tool_use', 'deepseek_v2', 'deepseek_v3',
@@ -120,5 +150,6 @@ def test_smollm2_is_chatml_with_its_default_system_prompt(monkeypatch):
     tok = AutoTokenizer.from_pretrained(resolve_model_path('builtin:smollm2-135m'))
     tpl = resolve_template(tok, Config())  # `data.chat_template` empty: the tokenizer's own template wins
     assert tpl == tok.chat_template and template_family(tok, tpl) == 'chatml'
+    assert template_label(tok, Config()) == "chatml (the tokenizer's own)"  # what `qlora-nb preprocess` prints
     text = tok.apply_chat_template([U1], chat_template=tpl, tokenize=False)
     assert text.startswith('<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n')
