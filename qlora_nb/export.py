@@ -105,9 +105,11 @@ def pre_tokenizer(tj:dict, # the parsed tokenizer.json
     pre = tj.get('pre_tokenizer') or {}
     steps = pre.get('pretokenizers', [pre]) if pre.get('type') == 'Sequence' else [pre]
     if len(steps) == 1 and steps[0].get('type') == 'ByteLevel' and steps[0].get('use_regex', True): return 'gpt-2'
+    if [s.get('type') for s in steps] == ['Digits', 'ByteLevel'] and steps[0].get('individual_digits') and steps[1].get('use_regex', True):
+        return 'smollm'  # llama.cpp's name for single digits, then the GPT-2 pattern (SmolLM, SmolLM2)
     regex = [s.get('pattern', {}).get('Regex') for s in steps if s.get('type') == 'Split']
     if len(regex) == 1 and regex[0] in PRE_TOKENIZERS: return PRE_TOKENIZERS[regex[0]]
-    raise QloraError(f'{file}: pre-tokenizer not recognized ({json.dumps(pre)[:200]}); supported: the GPT-2, Llama 3 and Qwen2 patterns. '
+    raise QloraError(f'{file}: pre-tokenizer not recognized ({json.dumps(pre)[:200]}); supported: the GPT-2, SmolLM, Llama 3 and Qwen2 patterns. '
                      'Fix: use llama.cpp\'s convert_hf_to_gguf.py, which knows more tokenizers.')
 
 # %% ../nbs/71_export.ipynb #b541bc40

@@ -89,9 +89,10 @@ def generated_part(prompt:str,  # `messages[:k]` rendered with the generation pr
     return start, len(upto) - (len(layout) if layout and gen.endswith(layout) else 0)
 
 # %% ../nbs/13_tokenizing.ipynb #cc683d9d
-def _agreeing(text:str, at:int, gen:str)->int:
+def _agreeing(text:str, at:int, gen:str, end:str='')->int:
     "Length of what `text` writes at `at` that agrees with `gen`: its longest prefix there, or the longest suffix of `gen` written there."
     head = _common_prefix(gen, text[at:at + len(gen)])
+    if end and gen.endswith(end) and len(gen) - len(end) < head < len(gen): head = len(gen) - len(end)  # never part of the end-of-turn text
     tail = next((len(gen) - i for i in range(len(gen)) if text.startswith(gen[i:], at)), 0)
     return len(gen[:head].rstrip()) if head > tail and head < len(gen) else max(head, tail)
 
@@ -99,16 +100,19 @@ def locate_turn(text:str,          # the whole conversation rendered
                 upto:str,          # `messages[:k+1]` rendered
                 start:int, stop:int, # the generated part in `upto` (`generated_part`)
                 limit:int,         # where the next trained turn starts in `text`
-                i:int)->tuple[int,int]: # the turn's index, for messages
+                i:int,             # the turn's index, for messages
+                end:str='')->tuple[int,int]: # the template's end-of-turn text: kept whole or left out
     "The trained span of turn `i` in `text`: its generated text where the template writes it in the whole conversation."
     gen = upto[start:stop]
     if text.startswith(upto[:start]):  # the conversation before the turn is written the same: the turn is at `start`
         if text.startswith(gen, start): return start, stop
-        if n := _agreeing(text, start, gen): return start, start + n
+        if n := _agreeing(text, start, gen, end): return start, start + n
     else:
         anchor = upto[max(0, start - 32):start]
         if (j := text.rfind(anchor + gen, 0, limit)) >= 0: return j + len(anchor), j + len(anchor) + len(gen)
         if (j := text.rfind(gen, 0, limit)) >= 0: return j, j + len(gen)
+        at = _common_prefix(text, upto)  # where the whole conversation parts from the turn's own rendering (e.g. Qwen3's think block)
+        if at <= limit and (n := _agreeing(text, at, gen, end)) > len(end): return at, at + n
     raise BadRow(f'`messages[{i}]` (assistant): the template writes this turn differently in the whole conversation than when the model '
                  f'generates it ({gen[:60]!r}), so its trained tokens are not defined. Fix: use another `data.chat_template`, or split the conversation.')
 
@@ -140,7 +144,7 @@ def chat_spans(tokenizer,            # supplies the template's variables
     found, limit = {}, len(text)
     for k, p, u in reversed(list(zip(ks, prompts, uptos))):
         context = None if u.startswith(p) else render_many(tokenizer, [messages[:k]], template, tools=tools)[0]
-        a, b = locate_turn(text, u, *generated_part(p, u, cut, context), limit, k)
+        a, b = locate_turn(text, u, *generated_part(p, u, cut, context), limit, k, cut.rstrip())
         if end and not text[a:b].endswith(end):
             if text.startswith(end, b): b += len(end)  # an answer another turn follows (Apertus): through its end of turn
             elif not after.strip() and k == len(messages) - 1: text, b = text[:b] + end + text[b:], b + len(end)  # the last: add its stop

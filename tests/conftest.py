@@ -9,11 +9,11 @@ FIXTURES = ROOT/'tests'/'fixtures'
 
 @pytest.fixture(scope='session', autouse=True)
 def _offline(tmp_path_factory):
-    "No test may reach the hub, and built tiny models are cached per test session."
+    """No test may reach the hub. Built and converted models go to the user's cache (`$QLORA_NB_CACHE`, else
+    ~/.cache/qlora_nb): the real model is converted from its GGUF once per machine, not once per session."""
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
     os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
     os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
-    os.environ.setdefault('QLORA_NB_CACHE', str(tmp_path_factory.mktemp('qlora_nb_cache')))
 
 
 def qlora_nb_cli(*args, cwd=None, timeout=600):

@@ -146,7 +146,6 @@ def test_config_check_reports_unknown_name(tmp_path):
 
 def test_smollm2_is_chatml_with_its_default_system_prompt(monkeypatch):
     from transformers import AutoTokenizer
-    monkeypatch.setenv('QLORA_NB_CACHE', str(Path.home()/'.cache'/'qlora_nb'))  # the real model, converted once per machine
     from qlora_nb.builtin import resolve_model_path
     tok = AutoTokenizer.from_pretrained(resolve_model_path('builtin:smollm2-135m'))
     tpl = resolve_template(tok, Config())  # `data.chat_template` empty: the tokenizer's own template wins
