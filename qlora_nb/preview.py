@@ -105,16 +105,17 @@ def preview_sample(data,             # a `PreparedData`
 def length_histogram(report,     # a `DataReport`
                      ax=None,    # matplotlib axes to draw on (default: a new figure)
                      bins:int=50):
-    "A histogram of row lengths with the `sequence_len` line and the over-long tail marked; returns the figure."
+    "A histogram of row lengths with the `sequence_len` line (or a note that it is off the chart) and the over-long tail marked; returns the figure."
     import matplotlib.pyplot as plt
     lengths = [n for d in report.datasets for n in d.lengths if n]
     fig = ax.figure if ax is not None else plt.subplots(figsize=(7, 3))[0]
     ax = ax or fig.axes[0]
-    sl = report.sequence_len
+    sl, hi = report.sequence_len, max(lengths, default=0)
     if lengths:
         edges = ax.hist(lengths, bins=bins, color='#4472c4')[1]
-        if sl and max(lengths) > sl: ax.hist([n for n in lengths if n > sl], bins=edges, color='#c00000', label='over sequence_len')
-    if sl: ax.axvline(sl, color='k', ls='--', lw=1, label=f'sequence_len {sl}')
+        if sl and hi > sl: ax.hist([n for n in lengths if n > sl], bins=edges, color='#c00000', label='over sequence_len')
+    if sl and (not hi or sl <= 1.5 * hi): ax.axvline(sl, color='k', ls='--', lw=1, label=f'sequence_len {sl}')
+    elif sl: ax.plot([], [], ' ', label=f'sequence_len {sl}: off the chart (longest row {hi})')  # the axis follows the data, not the limit
     over = sum(n > sl for n in lengths) if sl else 0
     ax.set(xlabel='tokens per row', ylabel='rows', title=f'{len(lengths)} rows, {over} over sequence_len ({report.to_dict()["dropped"]["too_long"]} dropped)')
     ax.legend(loc='upper right', fontsize=8)
