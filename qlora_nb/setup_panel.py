@@ -157,7 +157,7 @@ class SetupPanel(Panel):
             try: return self.load(config)
             except BaseException: self.result.clear(); raise
         def done(text):
-            self.result.show(f'<pre style="font-size:12px;white-space:pre-wrap;overflow-wrap:anywhere">{html.escape(text)}</pre>', load_key(config))
+            self.result.show(f'<pre style="font-size:12px;white-space:pre-wrap;word-break:normal;overflow-wrap:break-word">{html.escape(text)}</pre>', load_key(config))
             self.status.ok('Loaded.')
         self.task = run_in_background(work, self.status, [self.load_button], start='Loading the model…', done=done)
         return self.task
