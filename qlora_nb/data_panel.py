@@ -44,9 +44,11 @@ def histogram_png(data) -> bytes:
     return buf.getvalue()
 
 # %% ../nbs/82_data_panel.ipynb #93c808ff
-def _setting(name:str) -> str|None:
+def _setting(name:str, # a setting as a fix names it: dotted, or a bare field name
+             dataset:str='data.datasets[0]', # the dataset a bare dataset field belongs to
+            ) -> str|None:
     "The dotted key `name` stands for (`ds_type` -> `data.datasets[0].ds_type`), or None when it is no setting."
-    for key in (name, f'data.{name}', f'data.datasets[0].{name}'):
+    for key in (name, f'data.{name}', f'{dataset}.{name}'):
         try: key_info(key); return key
         except KeyError: pass
 
@@ -54,7 +56,8 @@ def where_to_set(message:str, # an error message whose fix names settings in bac
                  shown, # the keys this tab shows
                 )->str:
     "A line saying where each setting the message names is set: in the form above, or in the Config tab."
-    keys = dict.fromkeys(k for m in re.findall(r'`([a-z_][\w.\[\]]*)', message) if (k := _setting(m)))
+    ds = re.search(r'data\.(?:val_)?datasets\[\d+\]', message)  # the dataset the message is about
+    keys = dict.fromkeys(k for m in re.findall(r'`([a-z_][\w.\[\]]*)', message) if (k := _setting(m, ds[0] if ds else 'data.datasets[0]')))
     here, there = [k for k in keys if k in shown], [k for k in keys if k not in shown]
     parts = ([f'{", ".join(here)}: in the form above'] if here else []) + ([f'{", ".join(there)}: not on this tab, set it in the Config tab'] if there else [])
     return f'<div class="qlora-fix-where" style="color:#444">Where: {html.escape("; ".join(parts))}.</div>' if parts else ''
