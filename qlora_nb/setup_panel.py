@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['QUANT_CHOICES', 'MODEL_KEYS', 'QUANT_KEYS', 'LORA_KEYS', 'quant_choice', 'quant_picker', 'size', 'MemoryView',
-           'load_report', 'SetupPanel']
+           'load_report', 'load_key', 'SetupPanel']
 
 # %% ../nbs/81_setup_panel.ipynb #5770400d
-import html
+import copy, html
+from .config import config_to_dict
 from .widgets import (ConfigStore, Debounce, Panel, Setting, Status, STYLE, as_store, config_form, heading,
-                              library, run_in_background, tip, widgets)
+                              library, Result, run_in_background, tip, widgets)
 
 # %% ../nbs/81_setup_panel.ipynb #cb100864
 QUANT_CHOICES = {
@@ -78,15 +79,15 @@ class MemoryView:
         except Exception as e:
             if asked != self._asked: return
             self.summary.value, self.table.value, self.advice.value = '', '', ''
-            self.bar.bar_style = 'warning'
+            self.bar.value, self.bar.bar_style = 0, ''  # no estimate: an empty bar, not the last one's
             return self.status.error(e)
         if asked != self._asked: return  # a newer estimate was asked for while this one ran: it shows instead
         self.status.widget.value = ''
         total, budget, fits = est.total_gib, est.budget_gib, est.fits
         self.bar.max = max(budget or total or 1, 1e-9)
-        self.bar.value = min(total, self.bar.max)
-        self.bar.bar_style = {True: 'success', False: 'danger'}.get(fits, 'info')
-        verdict = {True: 'fits', False: 'does NOT fit'}.get(fits, 'no GPU found and no memory_budget_gib set')
+        self.bar.value = min(total, self.bar.max) if budget else 0  # with nothing to measure against, the bar stays empty
+        self.bar.bar_style = {True: 'success', False: 'danger'}.get(fits, '')
+        verdict = {True: 'fits', False: 'does NOT fit'}.get(fits, 'no GPU found and no memory_budget_gib set to compare it with')
         against = f' for a budget of {size(budget)}' if budget else ''
         self.summary.value = f'<b>{size(total)}</b> estimated peak{against}: {verdict}'
         self.table.value = _components_html(est.components)
@@ -117,6 +118,11 @@ MODEL_KEYS = ['model.base_model', 'model.trust_remote_code']
 QUANT_KEYS = ['quantization.double_quant', 'quantization.compute_dtype']
 LORA_KEYS = ['lora.r', 'lora.alpha', 'lora.dropout', 'lora.target_modules', 'lora.use_rslora', 'lora.use_dora']
 
+def load_key(config) -> dict:
+    "The settings a load report depends on: the model, its quantization and the adapters."
+    d = config_to_dict(config)
+    return {k: d[k] for k in ('model', 'quantization', 'lora')}
+
 class SetupPanel(Panel):
     "Model, quantization and LoRA settings with the live memory estimate."
     def __init__(self, config=None, # a `ConfigStore`, `Config`, YAML path, or nothing for the defaults
@@ -132,24 +138,26 @@ class SetupPanel(Panel):
         tip(self.load_button, 'Load the model as configured and attach LoRA: shows the trainable parameters per module')
         self.load_button.add_class('qlora-load-model')
         self.load_button.on_click(lambda b: self.load_model())
-        self.report = W.HTML()
-        self.report.add_class('qlora-load-report')
+        self.result = Result(self.store, load_key, 'Load', 'qlora-load-report')
+        self.report = self.result.widget
         left = W.VBox([heading('Model'), model.widget, config_form(self.store, MODEL_KEYS[1:]),
                        heading('Quantization', 'of the frozen base weights'), quant_picker(self.store), config_form(self.store, QUANT_KEYS),
                        heading('LoRA', 'the trainable adapters'), config_form(self.store, LORA_KEYS),
                        heading('Budget'), config_form(self.store, ['training.memory_budget_gib'])], layout=W.Layout(min_width='480px'))
         right = W.VBox([heading('Memory', 'estimated before loading any weight'), self.memory.widget,
                         heading('Load', 'the real model, to check what trains'), self.load_button, self.status.widget, self.report],
-                       layout=W.Layout(margin='0 0 0 24px'))
+                       layout=W.Layout(margin='0 0 0 24px', flex='1 1 0%', min_width='0'))  # shrinks to the tab, so long lines wrap
         self.widget = W.HBox([left, right])
         self.widget.add_class('qlora-setup-panel')
 
     def load_model(self):
-        "Load in the background and show the report; returns the thread."
-        import html
-        config = self.store.config
+        "Load in the background and show the report; returns the thread. A failed load clears the old report."
+        config = copy.deepcopy(self.store.config)
+        def work():
+            try: return self.load(config)
+            except BaseException: self.result.clear(); raise
         def done(text):
-            self.report.value = f'<pre style="font-size:12px;white-space:pre;overflow-x:auto">{html.escape(text)}</pre>'
+            self.result.show(f'<pre style="font-size:12px;white-space:pre-wrap;word-break:normal;overflow-wrap:break-word">{html.escape(text)}</pre>', load_key(config))
             self.status.ok('Loaded.')
-        self.task = run_in_background(lambda: self.load(config), self.status, [self.load_button], start='Loading the model…', done=done)
+        self.task = run_in_background(work, self.status, [self.load_button], start='Loading the model…', done=done)
         return self.task

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['log', 'EMPTY', 'UNITS', 'STYLE', 'widgets', 'tip', 'library', 'get_value', 'key_info', 'ConfigStore', 'as_store',
            'css_name', 'Setting', 'config_form', 'error_line', 'error_html', 'Status', 'run_in_background', 'Debounce',
-           'yaml_view', 'config_files', 'Panel', 'heading']
+           'outdated_html', 'Result', 'yaml_view', 'config_files', 'Panel', 'heading']
 
 # %% ../nbs/80_widgets.ipynb #baecedea
 import html, logging, re, threading, time, traceback, types
@@ -302,6 +302,36 @@ class Debounce:
         "Wait for a pending call to finish (tests, and before reading what it computes)."
         with self._lock: t = self._timer
         if t: t.join()
+
+# %% ../nbs/80_widgets.ipynb #945850ab
+def outdated_html(value:str, # the HTML of the result
+                  action:str, # the button that makes it again, e.g. `Check data`
+                 )->str:
+    "`value` greyed out under a note that the settings changed since it was made."
+    return (f'<div class="qlora-outdated" style="color:#8a6d00">outdated: settings changed, press {html.escape(action)} again</div>'
+            f'<div style="opacity:0.45">{value}</div>')
+
+class Result:
+    "An HTML widget showing a result of the settings that `key(config)` picks, marked outdated when they change."
+    def __init__(self, store:ConfigStore, key, # `key(config)`: the part of the config the result depends on
+                 action:str, # the button that makes it, for the outdated note
+                 css:str=''): # CSS class of the widget
+        self.store, self.key, self.action, self._value, self._made = store, key, action, '', None
+        self.widget = widgets().HTML()
+        if css: self.widget.add_class(css)
+        store.observe(lambda changed: self._mark())
+
+    def show(self, value:str, made): # the HTML, and `key` of the config it was made from
+        self._value, self._made = value, made
+        self._mark()
+
+    def clear(self): self.show('', None)
+
+    @property
+    def current(self) -> bool: return bool(self._value) and self._made == self.key(self.store.config)
+
+    def _mark(self):
+        self.widget.value = self._value if not self._value or self.current else outdated_html(self._value, self.action)
 
 # %% ../nbs/80_widgets.ipynb #4b83aa05
 def yaml_view(store:ConfigStore):

@@ -160,6 +160,18 @@ def test_app_in_jupyterlab(lab, shots):
             page.locator('.qlora-load-model').first.click()
             _wait_text(page, '.qlora-load-report', lambda t: 'trainable params' in t, 180, 'the trainable-parameter report')
             _shot(page, shots/'2b-model-loaded.png')
+            # A model folder that does not exist: the old report goes (greyed at the edit, cleared by the failed Load),
+            # the estimate's bar empties, and the error shows right under Load.
+            base = page.locator('.qlora-model-base-model input').first
+            base.fill('/nonexistent/model-folder'); base.press('Enter')
+            _wait_text(page, '.qlora-load-report', lambda t: 'outdated: settings changed, press Load again' in t, 30, 'the report marked outdated')
+            page.locator('.qlora-load-model').first.click()
+            _wait_text(page, '.qlora-load-model + .qlora-status', lambda t: t.strip() and not t.startswith('Loading'), 120, 'the Load error beside Load')
+            assert _text(page, '.qlora-load-report').strip() == '', 'the old load report stays beside the error'
+            _wait_text(page, '.qlora-memory', lambda t: 'estimated peak' not in t, 30, 'the old estimate cleared')
+            _shot(page, shots/'2c-model-missing-folder.png')
+            base.fill('builtin:tiny-llama'); base.press('Enter')
+            _wait_text(page, '.qlora-memory', lambda t: 'estimated peak' in t, 60, 'the estimate back')
 
             # Data: preview row 0.
             _tab(page, 'Data')
@@ -168,6 +180,22 @@ def test_app_in_jupyterlab(lab, shots):
             page.locator('.qlora-preview').first.click()
             _wait_text(page, '.qlora-preview-output', lambda t: len(t.strip()) > 20, 180, 'preview of row 0')
             _shot(page, shots/'3-data-preview.png')
+            # The fix of a malformed line names data.on_bad_rows: it is in the Data tab's form.
+            assert page.locator('.qlora-data-on-bad-rows').count() and page.locator('.qlora-data-datasets-0-system-prompt').count()
+            # A sequence_len too short for every row: the table and preview are marked outdated at the edit, the failed
+            # check clears the table (no stale "1 training sequence" above a "0 training sequences" error), and the
+            # error shows under Check data, not under the preview.
+            seq = page.locator('.qlora-data-sequence-len input').first
+            seq.fill('16'); seq.press('Enter')
+            _wait_text(page, '.qlora-data-report', lambda t: 'outdated: settings changed, press Check data again' in t, 30, 'the table marked outdated')
+            assert 'outdated' in _text(page, '.qlora-preview-output')
+            page.locator('.qlora-check-data').first.click()
+            err = _wait_text(page, '.qlora-check-data + .qlora-check-status', lambda t: 'no training rows' in t, 180, 'the check error beside Check data')
+            assert '0 training sequences' in err, err
+            assert _text(page, '.qlora-data-report').strip() == '', 'a stale table stays above the error'
+            _shot(page, shots/'3b-data-too-short.png')
+            seq.fill('2048'); seq.press('Enter')
+            _wait_text(page, '.qlora-preview-output', lambda t: 'outdated' not in t and len(t.strip()) > 20, 30, 'the preview current again')
 
             # Train: start, see the live view, stop.
             _tab(page, 'Train')
