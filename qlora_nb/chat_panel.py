@@ -7,7 +7,7 @@ __all__ = ['SIDES', 'side_history', 'conversation_html', 'ChatPanel']
 
 # %% ../nbs/84_chat_panel.ipynb #4cba5eaa
 import dataclasses, html, inspect, threading, time
-from .widgets import Panel, Status, as_store, config_form, heading, library, run_in_background, tip, widgets
+from .widgets import Panel, Status, as_store, config_form, heading, library, no_progress_bars, run_in_background, tip, widgets
 
 # %% ../nbs/84_chat_panel.ipynb #0a1b837a
 def side_history(turns:list[dict], # the panel's turns: user, assistant, user, ...
@@ -87,8 +87,11 @@ class ChatPanel(Panel):
         def done(model):
             self.model, self.send_button.disabled = model, False
             self.status.ok(f'Loaded from {config.output.output_dir}.')
-        self.task = run_in_background(lambda: self.load(config), self.status, [self.load_button], start='Loading the model…', done=done)
+        self.task = run_in_background(lambda: self._load(config), self.status, [self.load_button], start='Loading the model…', done=done)
         return self.task
+
+    def _load(self, config):
+        with no_progress_bars(): return self.load(config)
 
     def clear(self):
         self.turns = []
