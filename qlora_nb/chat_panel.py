@@ -99,8 +99,8 @@ class ChatPanel(Panel):
 
     def stop(self):
         "End the answer being generated at its next token."
+        self.status.info('Stopping at the next token…')  # before the event: the answer may end, and say so, at once
         self._stop.set()
-        self.status.info('Stopping at the next token…')
 
     def send(self, text:str|None=None): # the prompt; the prompt box's text when empty
         "Answer `text` in the background, streaming into the conversation; returns the thread."
