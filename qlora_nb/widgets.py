@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['log', 'EMPTY', 'UNITS', 'STYLE', 'widgets', 'tip', 'library', 'get_value', 'key_info', 'ConfigStore', 'as_store',
-           'css_name', 'Setting', 'config_form', 'error_line', 'error_html', 'Status', 'run_in_background', 'Debounce',
-           'outdated_html', 'Result', 'yaml_view', 'config_files', 'Panel', 'heading']
+           'css_name', 'Setting', 'config_form', 'error_line', 'error_html', 'Status', 'run_in_background',
+           'no_progress_bars', 'Debounce', 'outdated_html', 'Result', 'yaml_view', 'config_files', 'Panel', 'heading']
 
 # %% ../nbs/80_widgets.ipynb #baecedea
 import html, logging, re, threading, time, traceback, types
+from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
 from typing import Literal, Union, get_args, get_origin, get_type_hints
 import yaml
@@ -285,6 +286,17 @@ def run_in_background(fn, # called with no arguments in a thread
     t = threading.Thread(target=work, daemon=True, name='qlora_nb-panel')
     t.start()
     return t
+
+# %% ../nbs/80_widgets.ipynb #77194e88
+@contextmanager
+def no_progress_bars():
+    "transformers' progress bars off in the block (and back on after, if they were on)."
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try: yield
+    finally:
+        if was: hf_logging.enable_progress_bar()
 
 # %% ../nbs/80_widgets.ipynb #16bdb3a2
 class Debounce:

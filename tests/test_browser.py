@@ -119,6 +119,23 @@ def _tab(page, title:str):
     page.wait_for_timeout(300)
 
 
+def _setting(page, key:str, value:str):
+    "Type `value` into the input of the setting `key` (found by its CSS class, `css_name`) and commit it."
+    from qlora_nb.widgets import css_name
+    box = page.locator(f'.{css_name(key)} input').first
+    box.fill(value); box.press('Enter')
+    page.wait_for_timeout(300)
+
+
+def _ask(page, text:str, timeout:float=240):
+    "Send `text` in the Chat tab and wait for the whole answer (one more answer turn, and the status says so)."
+    n = page.locator('.qlora-chat-user').count()
+    page.locator('.qlora-chat-prompt textarea').first.fill(text)
+    page.locator('.qlora-chat-send').first.click()
+    _wait_text(page, '.qlora-chat-panel', lambda t: page.locator('.qlora-chat-user').count() > n and
+               _text(page, '.qlora-chat-panel .qlora-status').startswith('Answered in'), timeout, f'the answer to {text!r}')
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason='Chromium is not installed: run .ci/browser-deps')
 def test_app_in_jupyterlab(lab, shots):
     from playwright.sync_api import sync_playwright
@@ -215,23 +232,46 @@ def test_app_in_jupyterlab(lab, shots):
             _wait_text(page, '.qlora-train-panel .qlora-status', lambda t: t.startswith('Finished'), 300, 'end of training')
             _shot(page, shots/'5-train-done.png')
 
-            # Chat: load, ask.
+            # Chat: load; the generation settings are in the tab and each answer follows them.
             _tab(page, 'Chat')
             page.locator('.qlora-chat-load').first.click()
             _wait_text(page, '.qlora-chat-panel .qlora-status', lambda t: t.startswith('Loaded'), 180, 'chat model loaded')
-            page.locator('.qlora-chat-prompt textarea').first.fill('What is the capital of France?')
+            _setting(page, 'chat.max_new_tokens', '4')
+            _ask(page, 'What is the capital of France?')
+            first = _text(page, '.qlora-chat-answer .qlora-chat-text')
+            assert 0 < len(first) < 100, f'an answer of at most 4 tokens is {len(first)} characters: {first!r}'
+            # Stop ends a long answer at once; the partial answer is kept, marked stopped.
+            _setting(page, 'chat.max_new_tokens', '2000')
+            page.locator('.qlora-chat-prompt textarea').first.fill('Tell me a long story.')
             page.locator('.qlora-chat-send').first.click()
-            _wait_text(page, '.qlora-conversation', lambda t: 'assistant' in t and len(t.split('assistant', 1)[1].strip()) > 0, 120, 'chat answer')
+            _wait_text(page, '.qlora-chat-answer >> nth=1', lambda t: len(t.split('\n', 1)[-1].strip()) > 0, 120, 'the long answer streaming')
+            page.locator('.qlora-chat-stop').first.click()
+            _wait_text(page, '.qlora-chat-panel .qlora-status', lambda t: t.startswith('Stopped after'), 60, 'the answer stopped')
+            assert 'stopped' in _text(page, '.qlora-chat-answer >> nth=1')
+            # Compare with base, twice: the base side answers from its own conversation (its own first answer, none of
+            # the turns it was not asked), which the folded prompt of each side shows.
+            _setting(page, 'chat.max_new_tokens', '4')
+            page.locator('.qlora-chat-compare input').first.check()
+            _ask(page, 'Name a colour.')
+            base1 = page.locator('.qlora-chat-base .qlora-chat-text').first.text_content()
+            _ask(page, 'And another one?')
+            base_sent = page.locator('.qlora-chat-base .qlora-chat-sent pre').last.text_content()
+            tuned_sent = page.locator('.qlora-chat-fine-tuned .qlora-chat-sent pre').last.text_content()
+            assert base1 in base_sent and 'Name a colour.' in base_sent and 'And another one?' in base_sent, base_sent
+            assert 'Tell me a long story.' not in base_sent and 'Tell me a long story.' in tuned_sent, (base_sent, tuned_sent)
             _shot(page, shots/'6-chat.png')
 
-            # Export: merge.
+            # Export: merge, then GGUF; the merged folder stays listed beside the GGUF files.
             _tab(page, 'Export')
+            assert all(f'{m}:' in _text(page, '.qlora-merge-mode-help') for m in ('base', 'dequantized')), 'merge_mode is not explained'
+            assert 'exporting: q8_0' in _text(page, '.qlora-gguf-chosen')
             page.locator('.qlora-merge').first.click()
             _wait_text(page, '.qlora-export-panel .qlora-status', lambda t: t.startswith('Merging done'), 300, 'merge')
             assert 'merged' in _text(page, '.qlora-export-paths')
             page.locator('.qlora-export').first.click()
             _wait_text(page, '.qlora-export-panel .qlora-status', lambda t: t.startswith('Exporting done'), 300, 'GGUF export')
-            assert '.gguf' in _text(page, '.qlora-export-paths')
+            assert '.gguf' in _text(page, '.qlora-export-export-result')
+            assert 'merged' in _text(page, '.qlora-export-merge-result'), 'the merged folder is no longer listed after the export'
             _shot(page, shots/'7-export.png')
 
             # Config: the YAML shows what the panels set, and the kernel saw it too.
