@@ -10,7 +10,7 @@ __all__ = ['parse_sets', 'cmd_config_check', 'cmd_config_init', 'cmd_config_from
 import argparse, contextlib, io, json, os, sys, warnings
 from pathlib import Path
 import yaml
-from .config import (Config, ConfigError, Problem, QloraError, QloraWarning, config_to_dict, config_yaml,
+from .config import (Config, ConfigError, advise, Problem, QloraError, QloraWarning, config_to_dict, config_yaml,
                              load_config, save_config)
 
 # %% ../nbs/90_cli.ipynb #0f50582c
@@ -33,6 +33,7 @@ def cmd_config_check(args) -> int:
     "Validate the config and print the effective settings."
     c = _load(args)
     print(json.dumps(config_to_dict(c), indent=2) if args.json else config_yaml(c), end='' if not args.json else '\n')
+    for p in advise(c): print(f'qlora-nb: warning: {p}', file=sys.stderr)  # implausible, not wrong: still OK
     if not args.json: print(f'# {args.config}: OK', file=sys.stderr)
     return 0
 
