@@ -131,9 +131,9 @@ def device_line() -> str:
 def progress_line(rec:dict, # one record of `MetricsCallback.history`
                   max_steps:int) -> str|None: # None for a record with neither loss nor eval loss
     "One line for a logged step: step, loss, gradient norm, learning rate, seconds per step and ETA."
-    bits = [f'step {rec["step"]}/{max_steps}']
+    bits = [f'step {rec["step"]}/{max_steps}' if max_steps else 'before training']  # the trainer knows max_steps once it trains
     if 'loss' in rec: bits.append(f'loss {rec["loss"]:.4f}')
-    elif 'eval_loss' in rec: return f'step {rec["step"]}/{max_steps} · eval loss {rec["eval_loss"]:.4f}'
+    elif 'eval_loss' in rec: return f'{bits[0]} · eval loss {rec["eval_loss"]:.4f}'
     else: return None
     if 'grad_norm' in rec: bits.append(f'grad norm {rec["grad_norm"]:.3g}')
     if 'learning_rate' in rec: bits.append(f'lr {rec["learning_rate"]:.3g}')

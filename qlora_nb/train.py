@@ -196,6 +196,12 @@ def _eval_loss(trainer) -> float|None:
     if trainer.eval_dataset is None: return None
     return trainer.evaluate()['eval_loss']
 
+def _final_eval(trainer, history) -> float|None:
+    "The eval loss after training: the one logged at the last step when there is one, else a new evaluation."
+    last = next((r for r in reversed(history) if 'eval_loss' in r), {})
+    if last.get('step') == trainer.state.global_step: return last['eval_loss']
+    return _eval_loss(trainer)
+
 def _train(config:Config, view=None, callbacks=(), eval_before:bool=True, stop=None) -> TrainResult:
     import torch
     from transformers.utils import logging as hf_logging
@@ -237,7 +243,7 @@ def _train(config:Config, view=None, callbacks=(), eval_before:bool=True, stop=N
         before = _eval_loss(trainer) if eval_before and not resume else None
         trainer.train(resume_from_checkpoint=resume)
         if guard.tripped: raise guard.tripped
-        after = _eval_loss(trainer)
+        after = _final_eval(trainer, metrics.history)
     except GuardStop: raise
     except Exception as e:
         if not is_oom(e): raise
