@@ -10,7 +10,7 @@ __all__ = ['parse_sets', 'cmd_config_check', 'cmd_config_init', 'cmd_config_from
 import argparse, contextlib, io, json, os, sys, warnings
 from pathlib import Path
 import yaml
-from .config import (Config, ConfigError, Problem, QloraError, QloraWarning, config_to_dict, config_yaml,
+from .config import (Config, ConfigError, advise, Problem, QloraError, QloraWarning, config_to_dict, config_yaml,
                              load_config, save_config)
 
 # %% ../nbs/90_cli.ipynb #0f50582c
@@ -33,6 +33,7 @@ def cmd_config_check(args) -> int:
     "Validate the config and print the effective settings."
     c = _load(args)
     print(json.dumps(config_to_dict(c), indent=2) if args.json else config_yaml(c), end='' if not args.json else '\n')
+    for p in advise(c): print(f'qlora-nb: warning: {p}', file=sys.stderr)  # implausible, not wrong: still OK
     if not args.json: print(f'# {args.config}: OK', file=sys.stderr)
     return 0
 
@@ -58,10 +59,17 @@ def _not_yet(name:str):
     raise QloraError(f'`qlora-nb {name}` is not available in this version of qlora_nb yet.')
 
 # %% ../nbs/90_cli.ipynb #9c71d59c
+def _plain_output():
+    "Off a terminal (a log file, a CI job) no progress bars: they are hundreds of redrawn lines there, and the run's progress lines say it."
+    if sys.stderr.isatty(): return
+    import datasets, transformers
+    datasets.disable_progress_bars(); transformers.utils.logging.disable_progress_bar()
+
 def cmd_demo(args) -> int:
     "Teach the real small model (SmolLM2-135M) a persona on this machine, and show what changed and what it kept."
     from qlora_nb.demo import demo
     sets = parse_sets(args.set)
+    _plain_output()
     steps = int(sets.pop('training.max_steps', args.steps))
     d = demo(args.out or 'outputs/demo', steps, sets)
     print(d.report())
@@ -114,6 +122,7 @@ def cmd_train(args) -> int:
         check_deepspeed(c)  # a bad DeepSpeed file is said once here, not once per process
         return launch(args.config, n, args.set, cpu=not torch.cuda.is_available())
     from qlora_nb.train import train
+    _plain_output()
     r = train(c)
     print(r)
     return 0

@@ -230,6 +230,9 @@ def test_app_in_jupyterlab(lab, shots):
             _wait_text(page, '.jp-Cell >> nth=1', lambda t: 'r is 64' in t, 30, 'a cell run during training')
             page.locator('.qlora-train-stop').first.click()
             _wait_text(page, '.qlora-train-panel .qlora-status', lambda t: t.startswith('Finished'), 300, 'end of training')
+            # The live view says where it trained (issue 15, point 5), and the panel has one Stop button, not two.
+            assert re.match(r'device: (CPU|GPU)', _text(page, '.qlora-train-device')), _text(page, '.qlora-train-device')
+            assert page.locator('.qlora-train-panel button', has_text='Stop').count() == 1
             _shot(page, shots/'5-train-done.png')
 
             # Chat: load; the generation settings are in the tab and each answer follows them.
@@ -278,6 +281,21 @@ def test_app_in_jupyterlab(lab, shots):
             _tab(page, 'Config')
             assert 'r: 64' in _text(page, '.qlora-yaml')
             _shot(page, shots/'8-config.png')
+
+            # Train again with a learning rate 50,000 times too high (issue 15, point 2): the guards' warnings are
+            # shown in the Train tab, and the run does not end in a plain green "Finished". Its own folder, so the
+            # adapter the Chat and Export tabs used stays as it was.
+            _tab(page, 'Train')
+            for key, value in (('training-learning-rate', '10'), ('training-max-steps', '3'), ('output-output-dir', 'outputs/browser-lr10')):
+                box = page.locator(f'.qlora-train-panel .qlora-{key} input').first
+                box.fill(value); box.press('Enter')
+            page.wait_for_timeout(500)
+            page.locator('.qlora-train-start').first.click()
+            _wait_text(page, '.qlora-train-panel .qlora-status', lambda t: t.startswith('Training'), 60, 'the lr-10 run starting')
+            status = _wait_text(page, '.qlora-train-panel .qlora-status', lambda t: t and not t.startswith('Training'), 400, 'end of the lr-10 run')
+            assert status.startswith('Finished with') and 'warning' in status and 'learning_rate' in status, status
+            assert 'learning_rate: 10 is far above' in _text(page, '.qlora-train-warnings')
+            _shot(page, shots/'9-train-warned.png')
         except BaseException:
             page.screenshot(path=shots/'failure.png', full_page=True)
             print('page text at the failure:\n' + page.locator('.jp-Notebook').first.inner_text()[-4000:], '\nerrors:', errors)
