@@ -41,7 +41,7 @@ def test_json_output():
 def test_bad_set_override_names_the_key():
     r = qlora_nb_cli('config', 'check', FIXTURES/'configs'/'good.yaml', '--set', 'training.seeed=3')
     assert r.returncode == 2
-    assert 'training.seeed: unknown setting. Fix: did you mean `seed`?' in r.stderr
+    assert '--set training.seeed=3: unknown setting. Fix: did you mean `seed`?' in r.stderr
 
 
 def test_init_writes_a_documented_config_that_loads(tmp_path):
@@ -112,3 +112,22 @@ def test_axolotl_every_problem_in_one_pass():
     assert r.returncode == 2
     keys = [l.split(': ')[3] for l in r.stderr.strip().splitlines()]
     assert keys == ['rl', 'datasets[0].type', 'lora.r', 'training.optimizer'], r.stderr
+
+
+def test_set_changes_a_list_item():
+    r = qlora_nb_cli('config', 'check', FIXTURES/'configs'/'good.yaml', '--json', '--set', 'data.datasets[0].path=my/train.jsonl')
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)['data']['datasets'][0]['path'] == 'my/train.jsonl'
+
+
+@pytest.mark.parametrize('arg, expect', [
+    ('data.datasets[0].sequence_len=abc', '--set data.datasets[0].sequence_len=abc: unknown setting. Fix: `sequence_len` belongs under `data:`'),
+    ('data.datasets[5].path=x', '--set data.datasets[5].path=x: data.datasets[5]: index out of range: `data.datasets` has 1 item'),
+    ('training.seed=abc', '--set training.seed=abc: expected an integer'),
+    ('data.datasets[0].path[0]=x', '--set data.datasets[0].path[0]=x: `data.datasets[0].path` is not a list'),
+])
+def test_bad_set_names_set_not_a_yaml_line(arg, expect):
+    r = qlora_nb_cli('config', 'check', FIXTURES/'configs'/'good.yaml', '--set', arg)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+    assert expect in r.stderr, r.stderr
+    assert 'good.yaml' not in r.stderr, r.stderr
