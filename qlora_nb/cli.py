@@ -10,20 +10,19 @@ __all__ = ['parse_sets', 'set_sources', 'cmd_config_check', 'cmd_config_init', '
 # %% ../nbs/90_cli.ipynb #3c105b39
 import argparse, contextlib, io, json, os, sys, warnings
 from pathlib import Path
-import yaml
 from .config import (Config, ConfigError, Problem, QloraError, QloraWarning, config_to_dict, config_yaml,
                              load_config, save_config)
+from .keys import KeyProblem, parse_assignment
 
 # %% ../nbs/90_cli.ipynb #0f50582c
 def parse_sets(items:list[str]|None) -> dict:
-    "`['lora.r=32', 'training.bf16=false']` -> `{'lora.r': 32, 'training.bf16': False}` (values read as YAML)."
+    "`['lora.r=32', 'training.bf16=false']` -> `{'lora.r': 32, 'training.bf16': False}`, read as the Config tab's box reads them."
     out = {}
     for it in items or []:
-        key, eq, val = it.partition('=')
-        if not eq or not key.strip():
-            raise ConfigError([Problem(f'--set {it}', 'expected KEY=VALUE.', 'write e.g. `--set lora.r=32`.')])
-        try: out[key.strip()] = yaml.safe_load(val) if val.strip() else None
-        except yaml.YAMLError: raise ConfigError([Problem(f'--set {it}', 'the value is not valid YAML.', 'quote it, e.g. `--set "data.chat_template=llama3"`.')]) from None
+        try: k, v = parse_assignment(it)
+        except KeyProblem as e:  # its example is `key=value`: here it is written `--set key=value`
+            raise ConfigError([Problem(f'--set {it}', e.message, e.fix.replace('`', '`--set ', 1))]) from None
+        out[k] = v
     return out
 
 def set_sources(items:list[str]|None) -> dict:

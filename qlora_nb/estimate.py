@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from .config import Config, QloraError, load_config
+from .keys import set_key
 from .builtin import resolve_model_path
 
 GIB = 2**30
@@ -274,11 +275,10 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
     return Estimate(comps, peak / GIB, (peak + margin) / GIB, budget, T, notes)
 
 # %% ../nbs/22_estimate.ipynb #f3ba37ea
-def _with(config:Config, **sets) -> Config:
+def _with(config:Config, sets:dict) -> Config:
+    "A copy of `config` with the dotted `sets` changed, not validated: the search below tries each step."
     c = copy.deepcopy(config)
-    for k, v in sets.items():
-        sec, name = k.split('__')
-        setattr(getattr(c, sec), name, v)
+    for k, v in sets.items(): set_key(c, k, v)
     return c
 
 def fixes(config, budget_gib:float, shape:ModelShape|None=None) -> list[str]:
@@ -287,23 +287,23 @@ def fixes(config, budget_gib:float, shape:ModelShape|None=None) -> list[str]:
     shape = shape or model_shape(config.model.base_model)
     if estimate(config, budget_gib, shape).fits: return []
     t, out = config.training, []
-    def step(what, **sets):
+    def step(what, sets):
         nonlocal config
-        config = _with(config, **sets)
+        config = _with(config, sets)
         e = estimate(config, budget_gib, shape)
         out.append(f'{what} -> {e.total_gib:.1f} GiB' + (' (fits)' if e.fits else ''))
         return e.fits
     while config.training.micro_batch_size > 1:
         m, g = config.training.micro_batch_size, config.training.gradient_accumulation_steps
-        if step(f'training.micro_batch_size: {m//2}, gradient_accumulation_steps: {g*2}', training__micro_batch_size=m//2,
-                training__gradient_accumulation_steps=g*2): return out
+        if step(f'training.micro_batch_size: {m//2}, gradient_accumulation_steps: {g*2}', {'training.micro_batch_size': m//2,
+                'training.gradient_accumulation_steps': g*2}): return out
     while (config.data.sequence_len or 2048) > 512:
         s = (config.data.sequence_len or 2048) // 2
-        if step(f'data.sequence_len: {s} (longer samples are then dropped or split: check the data report)', data__sequence_len=s): return out
+        if step(f'data.sequence_len: {s} (longer samples are then dropped or split: check the data report)', {'data.sequence_len': s}): return out
     while config.lora.r > 8:
-        if step(f'lora.r: {config.lora.r // 2}', lora__r=config.lora.r // 2): return out
+        if step(f'lora.r: {config.lora.r // 2}', {'lora.r': config.lora.r // 2}): return out
     if not config.training.gradient_checkpointing or config.training.checkpoint_every > 1:
-        if step('training.gradient_checkpointing: true, checkpoint_every: 1', training__gradient_checkpointing=True, training__checkpoint_every=1): return out
+        if step('training.gradient_checkpointing: true, checkpoint_every: 1', {'training.gradient_checkpointing': True, 'training.checkpoint_every': 1}): return out
     out.append(f'still {estimate(config, budget_gib, shape).total_gib:.1f} GiB: this model does not fit in {budget_gib} GiB; use a smaller model or several GPUs with FSDP.')
     return out
 
@@ -324,13 +324,15 @@ def auto_fit(config, budget_gib:float|None=None, shape:ModelShape|None=None) -> 
     best = None
     for mbs in [m for m in (1, 2, 4, 8, 16, 32, 64) if eff % m == 0]:
         for ckpt, every in ((False, 1), (True, 4), (True, 2), (True, 1)):
-            c = _with(config, training__micro_batch_size=mbs, training__gradient_accumulation_steps=eff // mbs,
-                      training__gradient_checkpointing=ckpt, training__checkpoint_every=every)
+            c = _with(config, {'training.micro_batch_size': mbs, 'training.gradient_accumulation_steps': eff // mbs,
+                              'training.gradient_checkpointing': ckpt, 'training.checkpoint_every': every})
             e = estimate(c, budget, shape)
             if not e.fits: continue
             s = _speed(mbs, seq, (1 / every) if ckpt else 0)
             if best is None or s > best[0]: best = (s, c, e)
-    if best is None: raise QloraError(f'training.auto_fit: even micro batch 1 with full checkpointing needs {estimate(_with(config, training__micro_batch_size=1, training__gradient_checkpointing=True, training__checkpoint_every=1), budget, shape).total_gib:.1f} GiB, more than {budget:.1f} GiB. ' + ' '.join(fixes(config, budget, shape)[-1:]))
+    if best is None:
+        least = _with(config, {'training.micro_batch_size': 1, 'training.gradient_checkpointing': True, 'training.checkpoint_every': 1})
+        raise QloraError(f'training.auto_fit: even micro batch 1 with full checkpointing needs {estimate(least, budget, shape).total_gib:.1f} GiB, more than {budget:.1f} GiB. ' + ' '.join(fixes(config, budget, shape)[-1:]))
     _, c, e = best
     ct = c.training
     ck = 'off' if not ct.gradient_checkpointing else 'every layer' if ct.checkpoint_every == 1 else f'every {ct.checkpoint_every}th layer'
