@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from .config import Config, QloraError, load_config
 from .keys import set_key
-from .builtin import resolve_model_path
+from .builtin import hub_id_like, no_model_message, resolve_model_path
 
 GIB = 2**30
 
@@ -92,7 +92,6 @@ REFERENCE_ALIASES = {'llama-7b': 'llama-2-7b', 'llama-13b': 'llama-2-13b', 'llam
                      'llama-3-70b': 'llama-3.1-70b', 'llama-3.3-70b': 'llama-3.1-70b', 'mistral-7b-v0.1': 'mistral-7b',
                      'mistral-7b-v0.2': 'mistral-7b', 'mistral-nemo': 'mistral-nemo-12b', 'phi-3.5-mini': 'phi-3-mini'}  # same shapes, other names
 _VARIANT = re.compile(r'meta|instruct|it|chat|base|hf|pt|unsloth|bnb|[48]bit|nf4|bf16|fp16|\d{4}|\d+k')  # words that leave the shape as it is
-_HUB_ID = re.compile(r'[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?')
 
 def _plain_name(model_id:str) -> str:
     words = model_id.rsplit('/', 1)[-1].lower().replace('_', '-').split('-')
@@ -102,7 +101,7 @@ def _plain_name(model_id:str) -> str:
 def reference_for(model_id:str, # a hub id such as `unsloth/Qwen2.5-7B-Instruct-bnb-4bit`
                  ) -> str|None:  # the name of its reference shape, or None
     "The built-in reference shape a hub id names, once its organisation and variant words are set aside."
-    if not _HUB_ID.fullmatch(model_id) or Path(model_id).exists(): return None
+    if not hub_id_like(model_id) or Path(model_id).exists(): return None
     name = _plain_name(model_id)
     return name if name in REFERENCE_SHAPES else None
 
@@ -119,9 +118,9 @@ def _local_config(path:str):
     except OSError: return None
 
 def _no_config_message(source:str, err:Exception) -> str:
+    if not Path(source).is_dir() and not hub_id_like(source): return no_model_message(source)  # the hub client's words fit no folder
     near = difflib.get_close_matches(_plain_name(source), REFERENCE_SHAPES, n=1, cutoff=0)[0]
     if Path(source).is_dir(): where, download = 'its folder has no config.json that transformers can read', ''
-    elif not _HUB_ID.fullmatch(source): where, download = 'there is no such folder', ''
     else: where, download = ('it is not in the hub cache nor a known hub id, and the hub did not give its config.json',
                              f'download that file alone (`hf download {source} config.json`: the hub cache is read next time), or ')
     return (f'model.base_model: cannot read the config of {source!r}: {where} ({str(err).splitlines()[0]}). '
