@@ -12,7 +12,9 @@ import argparse, contextlib, io, json, os, sys, warnings
 from pathlib import Path
 from .config import (Config, ConfigError, Problem, QloraError, QloraWarning, config_to_dict, config_yaml,
                              load_config, save_config)
+from .builtin import model_source
 from .keys import KeyProblem, parse_assignment
+from .loading import data_source
 
 # %% ../nbs/90_cli.ipynb #0f50582c
 def parse_sets(items:list[str]|None) -> dict:
@@ -35,10 +37,27 @@ def _load(args, extra:dict|None=None) -> Config:
     items = getattr(args, 'set', None)
     return load_config(args.config, {**parse_sets(items), **(extra or {})}, set_sources(items))
 
+def _check_paths(c:Config, file:str) -> list[str]:
+    "Notes on what the model and data paths are, checked offline; a `ConfigError` for each that names nothing here."
+    checks = [('model.base_model', lambda: model_source(c.model.base_model))] + [
+        (f'data.{k}[{i}].path', lambda k=k, i=i, ds=ds: data_source(ds.path, f'data.{k}[{i}]'))
+        for k in ('datasets', 'val_datasets') for i, ds in enumerate(getattr(c.data, k))]
+    notes, problems = [], []
+    for key, check in checks:
+        try:
+            if check() == 'hub id': notes.append(f'{key}: not checked: hub id, offline')
+        except QloraError as e:
+            message, _, fix = str(e).removeprefix(f'{key}: ').partition(' Fix: ')
+            problems.append(Problem(key, message, fix, file=file))
+    if problems: raise ConfigError(problems)
+    return notes
+
 def cmd_config_check(args) -> int:
-    "Validate the config and print the effective settings."
+    "Validate the config, check its local model and data paths, and print the effective settings."
     c = _load(args)
+    notes = _check_paths(c, args.config)
     print(json.dumps(config_to_dict(c), indent=2) if args.json else config_yaml(c), end='' if not args.json else '\n')
+    for n in notes: print(f'# {n}', file=sys.stderr)
     if not args.json: print(f'# {args.config}: OK', file=sys.stderr)
     return 0
 
