@@ -309,7 +309,7 @@ def set_box(store:ConfigStore):
     box = W.Text(placeholder='data.datasets[0].path=train.jsonl', description='set', style=STYLE, layout=W.Layout(width='460px'))
     tip(box, 'change any setting: its dotted key as in the YAML below, `=`, and a value as in YAML (what `--set` takes)')
     go = W.Button(description='Set', icon='check')
-    box.add_class('qlora-set'); go.add_class('qlora-set-apply')
+    box.add_class('qlora-set'); go.add_class('qlora-set-apply'); st.widget.add_class('qlora-set-status')
     def apply(_=None):
         try:
             key, value = parse_assignment(box.value)

@@ -210,6 +210,17 @@ def test_app_in_jupyterlab(lab, shots):
             _tab(page, 'Config')
             assert 'r: 64' in _text(page, '.qlora-yaml')
             _shot(page, shots/'8-config.png')
+            # Config: any setting by its dotted key (the `--set` syntax), a list item included; every tab follows.
+            page.locator('.qlora-set input').first.fill('data.datasets[0].path=my/persona.jsonl')
+            page.locator('.qlora-set-apply').first.click()
+            _wait_text(page, '.qlora-yaml', lambda t: 'path: my/persona.jsonl' in t, 30, 'the YAML after the set box')
+            assert 'data.datasets[0].path' in _text(page, '.qlora-set-status')
+            page.locator('.qlora-set input').first.fill('data.datasets[5].path=x')
+            page.locator('.qlora-set-apply').first.click()
+            _wait_text(page, '.qlora-set-status', lambda t: 'data.datasets[5]' in t and 'has 1 item' in t, 30, 'the error for a bad index')
+            _shot(page, shots/'9-config-set.png')
+            _tab(page, 'Data')
+            assert page.locator('.qlora-data-datasets-0-path input').first.input_value() == 'my/persona.jsonl'
         except BaseException:
             page.screenshot(path=shots/'failure.png', full_page=True)
             print('page text at the failure:\n' + page.locator('.jp-Notebook').first.inner_text()[-4000:], '\nerrors:', errors)
