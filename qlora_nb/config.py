@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
+from .keys import KeyProblem, get_key, set_key
 
 # %% ../nbs/00_config.ipynb #3063c9ed
 class QloraError(Exception):
@@ -32,10 +33,13 @@ class Problem:
     fix:str=''         # what to do about it
     line:int|None=None # line in the YAML file, when known
     file:str|None=None # the YAML file, when known
+    source:str|None=None # where the value came from when not from the file, e.g. `--set lora.r=abc`
 
     def __str__(self):
-        where = ':'.join(str(o) for o in (self.file, self.line) if o is not None)
-        return f"{where + ': ' if where else ''}{self.key}: {self.message}" + (f" Fix: {self.fix}" if self.fix else '')
+        where = self.source or ':'.join(str(o) for o in (self.file, self.line) if o is not None)
+        # A source such as `--set lora.r=abc` names the key already.
+        key = '' if self.source and self.source.split('=')[0].endswith(' ' + self.key) else f'{self.key}: '
+        return f"{where + ': ' if where else ''}{key}{self.message}" + (f" Fix: {self.fix}" if self.fix else '')
 
 class ConfigError(QloraError, ValueError):
     "Every problem found in a config, one line each."
@@ -554,19 +558,25 @@ def is_axolotl(d:dict) -> bool:
     return not (set(d) & set(SECTIONS)) and bool(set(d) & set(AXOLOTL_KEYS))
 
 def apply_overrides(d:dict, overrides:dict|None) -> dict:
-    "A copy of the sectioned dict `d` with dotted-key `overrides` set, e.g. `{'lora.r': 32}`."
-    d = copy.deepcopy(d)
+    "A copy of the sectioned dict `d` with dotted-key `overrides` set, e.g. `{'lora.r': 32, 'data.datasets[0].path': 'a.jsonl'}`."
+    d, problems = copy.deepcopy(d), []
     for k,v in (overrides or {}).items():
-        *parents, last = k.split('.')
-        node = d
-        for p in parents:
-            if not isinstance(node.get(p), dict): node[p] = {}
-            node = node[p]
-        node[last] = v
+        try: set_key(d, k, v, create=True)  # a new name is let through: `build` says what it should be
+        except KeyProblem as e: problems.append(Problem(e.key, e.message, e.fix))
+    if problems: raise ConfigError(problems)
     return d
 
+def _inside(key:str, outer:str) -> bool: return key == outer or key.startswith((outer + '.', outer + '['))
+
+def _from_override(p:Problem, overrides:dict, sources:dict, lines:dict) -> Problem:
+    "`p` with the override it is about as its source (not a line of the file, which did not write that value)."
+    k = next((k for k in overrides if _inside(p.key, k) or (_inside(k, p.key) and p.key not in lines)), None)
+    if k is not None: p.file, p.line, p.source = None, None, sources.get(k)
+    return p
+
 def load_config(src,                       # a YAML file path, a dict, or a `Config`
-                overrides:dict|None=None,   # dotted keys to set after loading, e.g. `{'training.max_steps': 10}`
+                overrides:dict|None=None,   # dotted keys to set after loading, e.g. `{'data.datasets[0].path': 'a.jsonl'}`
+                sources:dict|None=None,     # override key -> where it came from, e.g. `'--set lora.r=abc'`, for messages
                ) -> Config:
     "Load, convert (Axolotl files) and validate a config; raises `ConfigError` naming the file, line and key of every problem."
     if isinstance(src, Config): src = config_to_dict(src)
@@ -579,7 +589,10 @@ def load_config(src,                       # a YAML file path, a dict, or a `Con
     if is_axolotl(src):
         from qlora_nb.axolotl import from_axolotl
         src, lines = from_axolotl(src, file=file, lines=lines)
-    return config_from_dict(apply_overrides(src, overrides), file=file, lines=lines, required=required)
+    try: return config_from_dict(apply_overrides(src, overrides), file=file, lines=lines, required=required)
+    except ConfigError as e:
+        if not overrides: raise
+        raise ConfigError([_from_override(p, overrides, sources or {}, lines) for p in e.problems]) from None
 
 def save_config(c:Config, path) -> Path:
     "Write `c` as YAML, every setting included; `load_config(path)` gives `c` back."
@@ -607,10 +620,9 @@ def config_yaml(c:Config, comments:bool=False) -> str:
 
 # %% ../nbs/00_config.ipynb #8c70e0e2
 def get_setting(c:Config, key:str):
-    "The value of the dotted `key` in `c`, e.g. `get_setting(c, 'lora.r')`."
-    obj = c
-    for k in key.split('.'): obj = getattr(obj, k)
-    return obj
+    "The value of the dotted `key` in `c`, e.g. `get_setting(c, 'data.datasets[0].path')`; a `ConfigError` naming a wrong key."
+    try: return get_key(c, key)
+    except KeyProblem as e: raise ConfigError([Problem(e.key, e.message, e.fix)]) from None
 
 def set_setting(c:Config, key:str, value) -> Config:
     "A validated copy of `c` with the dotted `key` set to `value`."

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from .config import Config, QloraError, load_config
-from .builtin import resolve_model_path
+from .keys import set_key
+from .builtin import hub_id_like, no_model_message, resolve_model_path
 
 GIB = 2**30
 
@@ -91,7 +92,6 @@ REFERENCE_ALIASES = {'llama-7b': 'llama-2-7b', 'llama-13b': 'llama-2-13b', 'llam
                      'llama-3-70b': 'llama-3.1-70b', 'llama-3.3-70b': 'llama-3.1-70b', 'mistral-7b-v0.1': 'mistral-7b',
                      'mistral-7b-v0.2': 'mistral-7b', 'mistral-nemo': 'mistral-nemo-12b', 'phi-3.5-mini': 'phi-3-mini'}  # same shapes, other names
 _VARIANT = re.compile(r'meta|instruct|it|chat|base|hf|pt|unsloth|bnb|[48]bit|nf4|bf16|fp16|\d{4}|\d+k')  # words that leave the shape as it is
-_HUB_ID = re.compile(r'[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?')
 
 def _plain_name(model_id:str) -> str:
     words = model_id.rsplit('/', 1)[-1].lower().replace('_', '-').split('-')
@@ -101,7 +101,7 @@ def _plain_name(model_id:str) -> str:
 def reference_for(model_id:str, # a hub id such as `unsloth/Qwen2.5-7B-Instruct-bnb-4bit`
                  ) -> str|None:  # the name of its reference shape, or None
     "The built-in reference shape a hub id names, once its organisation and variant words are set aside."
-    if not _HUB_ID.fullmatch(model_id) or Path(model_id).exists(): return None
+    if not hub_id_like(model_id) or Path(model_id).exists(): return None
     name = _plain_name(model_id)
     return name if name in REFERENCE_SHAPES else None
 
@@ -118,9 +118,9 @@ def _local_config(path:str):
     except OSError: return None
 
 def _no_config_message(source:str, err:Exception) -> str:
+    if not Path(source).is_dir() and not hub_id_like(source): return no_model_message(source)  # the hub client's words fit no folder
     near = difflib.get_close_matches(_plain_name(source), REFERENCE_SHAPES, n=1, cutoff=0)[0]
     if Path(source).is_dir(): where, download = 'its folder has no config.json that transformers can read', ''
-    elif not _HUB_ID.fullmatch(source): where, download = 'there is no such folder', ''
     else: where, download = ('it is not in the hub cache nor a known hub id, and the hub did not give its config.json',
                              f'download that file alone (`hf download {source} config.json`: the hub cache is read next time), or ')
     return (f'model.base_model: cannot read the config of {source!r}: {where} ({str(err).splitlines()[0]}). '
@@ -274,11 +274,10 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
     return Estimate(comps, peak / GIB, (peak + margin) / GIB, budget, T, notes)
 
 # %% ../nbs/22_estimate.ipynb #f3ba37ea
-def _with(config:Config, **sets) -> Config:
+def _with(config:Config, sets:dict) -> Config:
+    "A copy of `config` with the dotted `sets` changed, not validated: the search below tries each step."
     c = copy.deepcopy(config)
-    for k, v in sets.items():
-        sec, name = k.split('__')
-        setattr(getattr(c, sec), name, v)
+    for k, v in sets.items(): set_key(c, k, v)
     return c
 
 def fixes(config, budget_gib:float, shape:ModelShape|None=None) -> list[str]:
@@ -287,23 +286,23 @@ def fixes(config, budget_gib:float, shape:ModelShape|None=None) -> list[str]:
     shape = shape or model_shape(config.model.base_model)
     if estimate(config, budget_gib, shape).fits: return []
     t, out = config.training, []
-    def step(what, **sets):
+    def step(what, sets):
         nonlocal config
-        config = _with(config, **sets)
+        config = _with(config, sets)
         e = estimate(config, budget_gib, shape)
         out.append(f'{what} -> {e.total_gib:.1f} GiB' + (' (fits)' if e.fits else ''))
         return e.fits
     while config.training.micro_batch_size > 1:
         m, g = config.training.micro_batch_size, config.training.gradient_accumulation_steps
-        if step(f'training.micro_batch_size: {m//2}, gradient_accumulation_steps: {g*2}', training__micro_batch_size=m//2,
-                training__gradient_accumulation_steps=g*2): return out
+        if step(f'training.micro_batch_size: {m//2}, gradient_accumulation_steps: {g*2}', {'training.micro_batch_size': m//2,
+                'training.gradient_accumulation_steps': g*2}): return out
     while (config.data.sequence_len or 2048) > 512:
         s = (config.data.sequence_len or 2048) // 2
-        if step(f'data.sequence_len: {s} (longer samples are then dropped or split: check the data report)', data__sequence_len=s): return out
+        if step(f'data.sequence_len: {s} (longer samples are then dropped or split: check the data report)', {'data.sequence_len': s}): return out
     while config.lora.r > 8:
-        if step(f'lora.r: {config.lora.r // 2}', lora__r=config.lora.r // 2): return out
+        if step(f'lora.r: {config.lora.r // 2}', {'lora.r': config.lora.r // 2}): return out
     if not config.training.gradient_checkpointing or config.training.checkpoint_every > 1:
-        if step('training.gradient_checkpointing: true, checkpoint_every: 1', training__gradient_checkpointing=True, training__checkpoint_every=1): return out
+        if step('training.gradient_checkpointing: true, checkpoint_every: 1', {'training.gradient_checkpointing': True, 'training.checkpoint_every': 1}): return out
     out.append(f'still {estimate(config, budget_gib, shape).total_gib:.1f} GiB: this model does not fit in {budget_gib} GiB; use a smaller model or several GPUs with FSDP.')
     return out
 
@@ -324,13 +323,15 @@ def auto_fit(config, budget_gib:float|None=None, shape:ModelShape|None=None) -> 
     best = None
     for mbs in [m for m in (1, 2, 4, 8, 16, 32, 64) if eff % m == 0]:
         for ckpt, every in ((False, 1), (True, 4), (True, 2), (True, 1)):
-            c = _with(config, training__micro_batch_size=mbs, training__gradient_accumulation_steps=eff // mbs,
-                      training__gradient_checkpointing=ckpt, training__checkpoint_every=every)
+            c = _with(config, {'training.micro_batch_size': mbs, 'training.gradient_accumulation_steps': eff // mbs,
+                              'training.gradient_checkpointing': ckpt, 'training.checkpoint_every': every})
             e = estimate(c, budget, shape)
             if not e.fits: continue
             s = _speed(mbs, seq, (1 / every) if ckpt else 0)
             if best is None or s > best[0]: best = (s, c, e)
-    if best is None: raise QloraError(f'training.auto_fit: even micro batch 1 with full checkpointing needs {estimate(_with(config, training__micro_batch_size=1, training__gradient_checkpointing=True, training__checkpoint_every=1), budget, shape).total_gib:.1f} GiB, more than {budget:.1f} GiB. ' + ' '.join(fixes(config, budget, shape)[-1:]))
+    if best is None:
+        least = _with(config, {'training.micro_batch_size': 1, 'training.gradient_checkpointing': True, 'training.checkpoint_every': 1})
+        raise QloraError(f'training.auto_fit: even micro batch 1 with full checkpointing needs {estimate(least, budget, shape).total_gib:.1f} GiB, more than {budget:.1f} GiB. ' + ' '.join(fixes(config, budget, shape)[-1:]))
     _, c, e = best
     ct = c.training
     ck = 'off' if not ct.gradient_checkpointing else 'every layer' if ct.checkpoint_every == 1 else f'every {ct.checkpoint_every}th layer'

@@ -11,7 +11,7 @@ __all__ = ['log', 'WEIGHT_GLOBS', 'device_kind', 'compute_dtype', 'has_bitsandby
 import importlib.util, logging, os, warnings
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, load_config
-from .builtin import resolve_model_path
+from .builtin import model_source, no_model_message, resolve_model_path
 from .templates import load_tokenizer
 
 log = logging.getLogger('qlora_nb')
@@ -58,12 +58,8 @@ def check_model_source(path:str,             # a local folder or a hub id
                        setting:str='model.base_model', # the setting it came from, for the message
                       ) -> None:
     "Fail clearly when a local model folder lacks its config or weights."
+    if model_source(path, setting) == 'hub id': return  # transformers resolves it (from the local cache when offline)
     p = Path(path).expanduser()
-    if not p.exists():
-        if path.startswith(('.', '/', '~')) or os.sep in path.strip('/').replace('/', '', 1):
-            raise QloraError(f'{setting}: folder {path!r} does not exist. Give an existing folder or a hub id such as `meta-llama/Llama-3.1-8B`.')
-        return  # a hub id: transformers resolves it (from the local cache when offline)
-    if not p.is_dir(): raise QloraError(f'{setting}: {path!r} is a file; give the folder that holds config.json and the weights.')
     if not (p/'config.json').exists():
         raise QloraError(f'{setting}: folder {path!r} has no config.json, so it is not a transformers checkpoint '
                          f'(it holds: {", ".join(sorted(f.name for f in p.iterdir())[:8]) or "nothing"}). '
@@ -90,8 +86,9 @@ def read_model_config(config:Config, path:str|None=None):
                              'if the checkpoint ships its own modeling code and you trust it, set `model.trust_remote_code: true`.') from e
         raise
     except OSError as e:
-        raise QloraError(f'model.base_model: cannot read {path!r}: {e}. Offline, only local folders and models already in the '
-                         'Hugging Face cache can be loaded.') from e
+        if not Path(path).exists(): raise QloraError(f'{no_model_message(path)} ({str(e).splitlines()[0].rstrip(".")}.)') from e
+        raise QloraError(f'model.base_model: cannot read {path!r}: {str(e).rstrip(".")}. Offline, only local folders and models '
+                         'already in the Hugging Face cache can be loaded.') from e
 
 # %% ../nbs/20_model.ipynb #76915caf
 def attention_implementation(config:Config) -> str:

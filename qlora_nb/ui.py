@@ -6,7 +6,7 @@
 __all__ = ['TABS', 'App', 'app']
 
 # %% ../nbs/86_app.ipynb #9faf2789
-from .widgets import Panel, as_store, config_files, heading, widgets, yaml_view
+from .widgets import Panel, as_store, config_files, heading, set_box, widgets, yaml_view
 from .setup_panel import SetupPanel
 from .data_panel import DataPanel
 from .train_panel import TrainPanel
@@ -32,7 +32,7 @@ class App(Panel):
                                           ExportPanel(self.store, merge, export)]))
         self.files = config_files(self.store)
         config_tab = W.VBox([heading('Config', 'exactly what the panels set: save it and run `qlora-nb train FILE`'),
-                             self.files, yaml_view(self.store)])
+                             self.files, set_box(self.store), yaml_view(self.store)])
         self.tabs = W.Tab(children=[p.widget for p in self.panels.values()] + [config_tab])
         for i, t in enumerate(TABS): self.tabs.set_title(i, t)
         self.widget = W.VBox([W.HTML('<h3 style="margin:4px 0">qlora_nb</h3>'), self.tabs])

@@ -296,6 +296,19 @@ def test_app_in_jupyterlab(lab, shots):
             assert status.startswith('Finished with') and 'warning' in status and 'learning_rate' in status, status
             assert 'learning_rate: 10 is far above' in _text(page, '.qlora-train-warnings')
             _shot(page, shots/'9-train-warned.png')
+
+            _tab(page, 'Config')
+            # Config: any setting by its dotted key (the `--set` syntax), a list item included; every tab follows.
+            page.locator('.qlora-set input').first.fill('data.datasets[0].path=my/persona.jsonl')
+            page.locator('.qlora-set-apply').first.click()
+            _wait_text(page, '.qlora-yaml', lambda t: 'path: my/persona.jsonl' in t, 30, 'the YAML after the set box')
+            assert 'data.datasets[0].path' in _text(page, '.qlora-set-status')
+            page.locator('.qlora-set input').first.fill('data.datasets[5].path=x')
+            page.locator('.qlora-set-apply').first.click()
+            _wait_text(page, '.qlora-set-status', lambda t: 'data.datasets[5]' in t and 'has 1 item' in t, 30, 'the error for a bad index')
+            _shot(page, shots/'10-config-set.png')
+            _tab(page, 'Data')
+            assert page.locator('.qlora-data-datasets-0-path input').first.input_value() == 'my/persona.jsonl'
         except BaseException:
             page.screenshot(path=shots/'failure.png', full_page=True)
             print('page text at the failure:\n' + page.locator('.jp-Notebook').first.inner_text()[-4000:], '\nerrors:', errors)

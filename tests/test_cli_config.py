@@ -41,7 +41,7 @@ def test_json_output():
 def test_bad_set_override_names_the_key():
     r = qlora_nb_cli('config', 'check', FIXTURES/'configs'/'good.yaml', '--set', 'training.seeed=3')
     assert r.returncode == 2
-    assert 'training.seeed: unknown setting. Fix: did you mean `seed`?' in r.stderr
+    assert '--set training.seeed=3: unknown setting. Fix: did you mean `seed`?' in r.stderr
 
 
 def test_init_writes_a_documented_config_that_loads(tmp_path):
@@ -66,11 +66,15 @@ def test_axolotl_conversion_round_trip(tmp_path, name, warns):
     assert ('warning:' in r.stderr) == warns  # unsupported keys are listed, never dropped silently
     ours = load_config(out)
     assert lost_keys(yaml.safe_load(src.read_text()), ours) == []
-    assert qlora_nb_cli('config', 'check', out).returncode == 0
+    for ds in ours.data.datasets:  # config check looks for local data files: give it the one the example names
+        if ds.path.endswith('.jsonl'): (tmp_path/ds.path).parent.mkdir(parents=True, exist_ok=True); (tmp_path/ds.path).touch()
+    r = qlora_nb_cli('config', 'check', out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
 
 
 def test_axolotl_unsupported_keys_in_one_warning():
-    r = qlora_nb_cli('config', 'check', FIXTURES/'axolotl'/'llama3-8b-qlora-sharegpt.yml')
+    # its data file is not shipped: --set points the first dataset at the demo data, so only the warning remains
+    r = qlora_nb_cli('config', 'check', FIXTURES/'axolotl'/'llama3-8b-qlora-sharegpt.yml', '--set', 'data.datasets[0].path=builtin:demo-chat')
     assert r.returncode == 0, r.stderr
     warns = [l for l in r.stderr.splitlines() if 'warning:' in l]
     assert len(warns) == 1 and 'group_by_length' in warns[0]
@@ -112,3 +116,36 @@ def test_axolotl_every_problem_in_one_pass():
     assert r.returncode == 2
     keys = [l.split(': ')[3] for l in r.stderr.strip().splitlines()]
     assert keys == ['rl', 'datasets[0].type', 'lora.r', 'training.optimizer'], r.stderr
+
+
+def test_set_changes_a_list_item(tmp_path):
+    (tmp_path/'my').mkdir(); (tmp_path/'my'/'train.jsonl').write_text('{"messages": []}\n')
+    r = qlora_nb_cli('config', 'check', FIXTURES/'configs'/'good.yaml', '--json', '--set', 'data.datasets[0].path=my/train.jsonl', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)['data']['datasets'][0]['path'] == 'my/train.jsonl'
+
+
+@pytest.mark.parametrize('arg, expect', [
+    ('data.datasets[0].sequence_len=abc', '--set data.datasets[0].sequence_len=abc: unknown setting. Fix: `sequence_len` belongs under `data:`'),
+    ('data.datasets[5].path=x', '--set data.datasets[5].path=x: data.datasets[5]: index out of range: `data.datasets` has 1 item'),
+    ('training.seed=abc', '--set training.seed=abc: expected an integer'),
+    ('data.datasets[0].path[0]=x', '--set data.datasets[0].path[0]=x: `data.datasets[0].path` is not a list'),
+])
+def test_bad_set_names_set_not_a_yaml_line(arg, expect):
+    r = qlora_nb_cli('config', 'check', FIXTURES/'configs'/'good.yaml', '--set', arg)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+    assert expect in r.stderr, r.stderr
+    assert 'good.yaml' not in r.stderr, r.stderr
+
+
+def test_config_check_checks_local_paths(tmp_path):
+    cfg = tmp_path/'run.yaml'
+    cfg.write_text('model:\n  base_model: ./no-model\ndata:\n  datasets:\n  - path: data/none.jsonl\n  - path: HuggingFaceH4/no_robots\n')
+    r = qlora_nb_cli('config', 'check', cfg, cwd=tmp_path)
+    assert r.returncode == 2 and 'OK' not in r.stderr, r.stderr
+    assert f"model.base_model: no folder './no-model' ({tmp_path/'no-model'}). Fix: give a local folder with config.json, a hub id such as `HuggingFaceTB/SmolLM2-135M-Instruct`" in r.stderr, r.stderr
+    assert f"data.datasets[0].path: no file or folder 'data/none.jsonl' ({tmp_path/'data'/'none.jsonl'})" in r.stderr, r.stderr
+    cfg.write_text('model:\n  base_model: HuggingFaceTB/SmolLM2-135M-Instruct\ndata:\n  datasets:\n  - path: builtin:demo-chat\n')
+    r = qlora_nb_cli('config', 'check', cfg, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert '# model.base_model: not checked: hub id, offline' in r.stderr and 'OK' in r.stderr, r.stderr
