@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['log', 'LayerStream', 'stream_layers']
 
-# %% ../nbs/24_offload.ipynb #3b520305
+# %% ../nbs/24_offload.ipynb #005b4fa4
 import contextlib, logging
 from collections import Counter
 from fastcore.basics import patch
@@ -13,7 +13,7 @@ from .config import QloraError
 
 log = logging.getLogger('qlora_nb')
 
-# %% ../nbs/24_offload.ipynb #c4354926
+# %% ../nbs/24_offload.ipynb #b0e686fd
 def _quant_tensors(qs) -> list:
     "(owner, attribute) of each tensor of a bitsandbytes `QuantState`, the nested state's included."
     import torch
@@ -35,7 +35,7 @@ def _put(owner, name, value):
     if isinstance(owner, dict): owner[name] = value
     else: setattr(owner, name, value)
 
-# %% ../nbs/24_offload.ipynb #9b961514
+# %% ../nbs/24_offload.ipynb #abcebc0a
 def _key(t): return (t.device, t.untyped_storage().data_ptr())
 
 def _shared(layers, model) -> set:
@@ -46,7 +46,7 @@ def _shared(layers, model) -> set:
     rest = {_key(t) for t in list(model.parameters()) + list(model.buffers()) if id(t) not in inside and t.numel()}
     return {k for k, n in owners.items() if n > 1} | rest
 
-# %% ../nbs/24_offload.ipynb #8da72c27
+# %% ../nbs/24_offload.ipynb #9f7a385b
 def _slice(buf, off:int, t): return buf[off:off + t.nbytes].view(t.dtype).view(t.shape)
 
 class _Packed:
@@ -70,7 +70,7 @@ class _Packed:
 
     def evict(self): self.dev.untyped_storage().resize_(0)
 
-# %% ../nbs/24_offload.ipynb #d7c3dd23
+# %% ../nbs/24_offload.ipynb #178d12fd
 def _alias(t):
     "A flat uint8 tensor over `t`'s whole storage, to copy and refill it whatever `t`'s shape."
     import torch
@@ -91,7 +91,7 @@ class _Stashed:
         self.dev.untyped_storage().resize_(self.host.numel())
         self.dev.copy_(self.host, non_blocking=True)
 
-# %% ../nbs/24_offload.ipynb #14be5cfd
+# %% ../nbs/24_offload.ipynb #d8c2e1b4
 class LayerStream:
     "Streams the frozen tensors of `layers` from host memory to `device`, `ahead` layers in advance, on a side CUDA stream."
     def __init__(self, model, layers, device, ahead:int=1, inputs:bool=True):
@@ -117,7 +117,7 @@ class LayerStream:
         "Take the hooks off (the weights stay in host memory)."
         for h in self.handles: h.remove()
 
-# %% ../nbs/24_offload.ipynb #dfd0e266
+# %% ../nbs/24_offload.ipynb #226a33ff
 @patch
 def fetch(self:LayerStream, i:int):
     "Start copying layer `i`, and its stashed input, to the device after the work queued so far."
@@ -141,7 +141,7 @@ def ensure(self:LayerStream, i:int):
 def evict(self:LayerStream, i:int):
     if i in self.ready: del self.ready[i]; self.packed[i].evict(); self.events.append(('evict', i))
 
-# %% ../nbs/24_offload.ipynb #11ca7125
+# %% ../nbs/24_offload.ipynb #7dfc1611
 def _in_backward() -> bool:
     import torch
     return torch._C._current_graph_task_id() != -1
@@ -190,7 +190,7 @@ def _after_backward(self:LayerStream, i:int):
     def hook(grad): self.evict(i)
     return hook
 
-# %% ../nbs/24_offload.ipynb #45aedef9
+# %% ../nbs/24_offload.ipynb #6c76a3a2
 def stream_layers(model,             # a transformers (or peft-wrapped) model, adapters attached
                   device=None,       # where compute runs; default: this process's GPU, else the CPU
                   ahead:int=1,       # layers fetched in advance of the one computing
