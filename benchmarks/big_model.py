@@ -6,7 +6,8 @@ memory (`qlora_nb.offload.stream_layers`), against the same workload with the la
 
 Each run: peak GPU memory (torch's max allocated) and tokens/s streamed, tokens/s resident, and a profile of one
 layer: its bytes, the host-to-device copy rate, the compute per layer per step, and which bound applies.
-Writes benchmarks/results/big_model.json (or --out).
+Writes benchmarks/results/big_model.json (or --out). The GPU image has no fastcore (qlora_nb needs it): carry a copy of
+the package beside qlora_nb in the folder you send.
 """
 import argparse, json, time
 from pathlib import Path
