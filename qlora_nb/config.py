@@ -159,6 +159,7 @@ class TrainConfig:
     gradient_checkpointing:bool=True # recompute activations in the backward pass: much less memory, about 30% more compute
     checkpoint_every:int=setting(1, ge=1) # with checkpointing, recompute only every k-th layer (more memory, less compute)
     liger_kernel:bool|Literal['auto']='auto' # Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy); `auto` on CUDA when installed
+    offload:Literal['none','layers']='none' # `layers`: keep the 4-bit decoder layers in pinned CPU memory and stream each to the GPU as it runs (a 70B model on 24 GiB; speed bound by PCIe at short sequences)
     logging_steps:int=setting(1, ge=1) # log loss, grad norm and learning rate every this many steps
     eval_steps:int|None=setting(None, ge=1) # evaluate on the validation split every this many steps
     evals_per_epoch:int|None=setting(None, ge=1) # or evaluate this many times per epoch
@@ -401,6 +402,8 @@ def _rule_devices(c:Config, given):
         yield Problem(f'training.{multi[0]}', f'{multi[0]} shards the model across processes, but `num_gpus` is 1.', 'set `num_gpus: 2` or more (or leave it empty and use `accelerate launch --num_processes N`), or remove the setting.')
     if t.fsdp_config and not t.fsdp:
         yield Problem('training.fsdp_config', 'fsdp_config is set but FSDP is off.', 'add `fsdp: [full_shard, auto_wrap]`, or remove `fsdp_config`.')
+    if multi and t.offload != 'none':
+        yield Problem('training.offload', f'offload: {t.offload} streams the layers to one GPU, and {multi[0]} shards them across GPUs.', f'use one: remove `offload`, or remove `{multi[0]}`.')
 
 def _rule_data(c:Config, given):
     d, t = c.data, c.training

@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['GIB', 'REFERENCE_SHAPES', 'REFERENCE_ALIASES', 'OPTIMIZER_BYTES', 'PER_TOKEN', 'LOSS_TILE', 'CUDA_CONTEXT_GIB',
            'FRAGMENTATION', 'HARDWARE', 'ModelShape', 'reference_for', 'model_shape', 'quantized_bytes',
-           'layer_bytes_per_token', 'Estimate', 'gpu_memory_gib', 'estimate', 'fixes', 'auto_fit', 'hardware_table']
+           'layer_bytes_per_token', 'Estimate', 'gpu_memory_gib', 'estimate', 'OffloadSpeed', 'offload_speed', 'fixes',
+           'auto_fit', 'hardware_table']
 
 # %% ../nbs/22_estimate.ipynb #0b382321
 import copy, difflib, json, math, re
@@ -242,8 +243,10 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
     lora = L * sum(l.r * (shape.linears[n][0] + shape.linears[n][1]) for n in targets)
     if l.use_dora: lora += L * sum(shape.linears[n][1] for n in targets)
     opt = OPTIMIZER_BYTES[t.optimizer] or 2 * dsize
-    c = {'base weights (quantized)' if (config.quantization.load_in_4bit or config.quantization.load_in_8bit) else 'base weights':
-             L * sum(quantized_bytes(i, o, config, dsize) for i,o in shape.linears.values()),
+    base = L * sum(quantized_bytes(i, o, config, dsize) for i,o in shape.linears.values())
+    streamed = t.offload == 'layers'
+    c = {'base weights (2 layers streamed)' if streamed else 'base weights (quantized)' if (config.quantization.load_in_4bit or config.quantization.load_in_8bit) else 'base weights':
+             2 * base / L if streamed else base,
          'embeddings, norms, head': shape.other_params * dsize,
          'LoRA adapters': lora * dsize, 'LoRA gradients': lora * dsize, f'optimizer states ({t.optimizer})': lora * opt}
     static = sum(c.values())
@@ -251,7 +254,7 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
     k = PER_TOKEN
     if t.gradient_checkpointing:
         n_ckpt = math.ceil(L / t.checkpoint_every)
-        kept = n_ckpt * k['ckpt_h'] * h * dsize / 2 + (L - n_ckpt) * per_layer
+        kept = (1 if streamed else n_ckpt) * k['ckpt_h'] * h * dsize / 2 + (L - n_ckpt) * per_layer  # streamed: inputs wait in host memory
         recompute = per_layer
     else: kept, recompute = L * per_layer, 0
     c['activations'] = T * (kept + k['outside_h'] * h * dsize / 2)
@@ -270,8 +273,33 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
     if shape.reference: notes.append(f'shape: {shape.name!r} is not on this machine (no folder, not in the hub cache), so the built-in '
                                      f'reference shape {shape.reference!r} was used: the same architecture and sizes'
                                      + (', text model only (its vision tower is not counted).' if shape.reference in _TEXT_ONLY else '.'))
+    if streamed: notes.append(offload_speed(config, shape).note)
     if t.optimizer.startswith('paged'): notes.append('paged optimizer: its states can move to CPU memory under pressure.')
     return Estimate(comps, peak / GIB, (peak + margin) / GIB, budget, T, notes)
+
+# %% ../nbs/22_estimate.ipynb #9da18af6
+@dataclass
+class OffloadSpeed:
+    "The per-layer clocks of a streamed step: which one bounds the speed."
+    compute_ms:float    # forward + recomputation + backward of one layer
+    transfer_ms:float   # its weights in twice, its input out and back
+    tokens_per_s:float  # the bound: tokens / (layers × the slower clock)
+    resident_tokens_per_s:float # the same with the layers resident (compute only)
+    @property
+    def bound(self) -> str: return 'PCIe' if self.transfer_ms > self.compute_ms else 'compute'
+    @property
+    def note(self) -> str:
+        return (f'offload: per layer {self.compute_ms:.1f} ms compute vs {self.transfer_ms:.1f} ms PCIe: {self.bound}-bound, at most '
+                f'{self.tokens_per_s:,.0f} tokens/s ({self.tokens_per_s / self.resident_tokens_per_s:.0%} of resident)')
+
+def offload_speed(config:Config, shape:ModelShape, pcie_gbps:float=25., tflops:float=100.) -> OffloadSpeed:
+    "Speed bound of `training.offload: layers`: PCIe bandwidth vs compute per layer."
+    T = config.training.micro_batch_size * (config.data.sequence_len or 2048)
+    layer_params = sum(i*o for i,o in shape.linears.values())
+    layer_bytes = sum(quantized_bytes(i, o, config, 2) for i,o in shape.linears.values())
+    compute = 3 * 2 * layer_params * T / (tflops * 1e12)
+    transfer = (2 * layer_bytes + 2 * T * shape.hidden * 2) / (pcie_gbps * 1e9)
+    return OffloadSpeed(1e3 * compute, 1e3 * transfer, T / (shape.layers * max(compute, transfer)), T / (shape.layers * compute))
 
 # %% ../nbs/22_estimate.ipynb #f3ba37ea
 def _with(config:Config, sets:dict) -> Config:

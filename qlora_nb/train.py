@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, advise, load_config, config_yaml
 from .kernels import fast_path, fuse_lora, use_varlen_attention
+from .offload import stream_layers
 
 log = logging.getLogger('qlora_nb')
 
@@ -133,6 +134,9 @@ def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
     keep_cpu_weights_unpacked(trainer.model)
     if fused: notes.append(f'fused LoRA layers: {fuse_lora(trainer.model)}')
     if liger: notes.append('Liger kernels: on')
+    if config.training.offload == 'layers':
+        s = stream_layers(trainer.model)
+        notes.append(f'offload: {len(s.packed)} decoder layers streamed from {"pinned " if s.cuda else ""}host memory, {s.ahead} ahead')
     if (config.data.padding_free or config.data.sample_packing) and torch.cuda.is_available() and use_varlen_attention(trainer.model):
         notes.append('joined samples: variable-length flash attention (`qlora_varlen`) instead of a block-diagonal mask')
     if trainer.is_world_process_zero():
