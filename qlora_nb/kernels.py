@@ -7,21 +7,41 @@ __all__ = ['log', 'lora_nf4', 'lora_qkv', 'lora_mlp', 'fusable', 'fuse_lora', 'u
            'use_varlen_attention', 'fast_path']
 
 # %% ../nbs/23_kernels.ipynb #f269e7ee
-import logging, types
+import ctypes, logging, types
 from .config import Config, QloraError
 
 log = logging.getLogger('qlora_nb')
 
 # %% ../nbs/23_kernels.ipynb #44bbe74d
-_BUFFERS = {}  # (shape, dtype, device) -> the one dequantization buffer of that shape, reused by every layer
+_BUFFERS = {}  # (name, shape, dtype, device) -> one buffer, reused by every layer of that shape
+
+def _buffer(name:str, shape, dtype, device):
+    import torch
+    key = (name, tuple(shape), dtype, device)
+    if key not in _BUFFERS: _BUFFERS[key] = torch.empty(shape, dtype=dtype, device=device)
+    return _BUFFERS[key]
 
 def _dequantize(weight, quant_state, dtype):
+    "The 4-bit `weight` in `dtype`: on a GPU into a reused buffer, NF4 with double quantization by bitsandbytes' two C kernels."
     import torch, bitsandbytes.functional as F
-    if not weight.is_cuda or quant_state.dtype != dtype: return F.dequantize_4bit(weight, quant_state).to(dtype)
-    # One stream runs the kernels in order, so the next dequantization into the buffer waits for the matmul that read it.
-    key = (tuple(quant_state.shape), dtype, weight.device)
-    if key not in _BUFFERS: _BUFFERS[key] = torch.empty(quant_state.shape, dtype=dtype, device=weight.device)
-    return F.dequantize_4bit(weight, quant_state, out=_BUFFERS[key])
+    qs = quant_state
+    if not weight.is_cuda or qs.dtype != dtype: return F.dequantize_4bit(weight, qs).to(dtype)
+    # One stream runs the kernels in order, so the next dequantization into a buffer waits for the matmul that read it.
+    out = _buffer('w', qs.shape, dtype, weight.device)
+    if not (qs.nested and qs.quant_type == 'nf4' and dtype == torch.bfloat16 and weight.shape[0] != 1 and weight.is_contiguous()
+            and weight.device.index == torch.cuda.current_device()):
+        return F.dequantize_4bit(weight, qs, out=out)
+    # bitsandbytes' own kernels, called as its ops call them, without the dispatcher and checks around them (~3 per weight,
+    # 224 weights, three times a step): the CPU, not the GPU, sets the pace at 4,096 tokens a step.
+    from bitsandbytes.cextension import lib
+    P, I, s2 = ctypes.c_void_p, ctypes.c_int32, qs.state2
+    stream = P(torch._C._cuda_getCurrentRawStream(weight.device.index))
+    absmax = _buffer('absmax', qs.absmax.shape, torch.float32, weight.device)
+    lib.cdequantize_blockwise_fp32(P(s2.code.data_ptr()), P(qs.absmax.data_ptr()), P(s2.absmax.data_ptr()), P(absmax.data_ptr()),
+                                   I(s2.blocksize), I(qs.absmax.numel()), stream)
+    absmax += qs.offset
+    lib.cdequantize_blockwise_bf16_nf4(None, P(weight.data_ptr()), P(absmax.data_ptr()), P(out.data_ptr()), I(qs.blocksize), I(out.numel()), stream)
+    return out
 
 def _autograd_fn():
     import torch
@@ -240,8 +260,9 @@ def fusable(layer) -> str|None:
 
 def _silu_mlp(m) -> bool:
     "A gated MLP `down(silu(gate(x)) up(x))` (Llama, Mistral, Qwen), the form `lora_mlp` computes."
-    return type(m).__name__.endswith('MLP') and type(getattr(m, 'act_fn', None)).__name__ in ('SiLU', 'SiLUActivation') \
-        and all(hasattr(m, n) for n in ('gate_proj', 'up_proj', 'down_proj'))
+    # Liger's model patch swaps the MLP class for LigerSwiGLUMLP (no `act_fn`) in models built after it ran.
+    return all(hasattr(m, n) for n in ('gate_proj', 'up_proj', 'down_proj')) and (type(m).__name__ == 'LigerSwiGLUMLP' or
+        type(m).__name__.endswith('MLP') and type(getattr(m, 'act_fn', None)).__name__ in ('SiLU', 'SiLUActivation'))
 
 def fuse_lora(model) -> dict:
     "Give every eligible 4-bit LoRA layer of `model` the fused forward, and gated MLPs and q/k/v one node each; returns `{reason: count}` (`fused` for the fused layers, `mlp` and `qkv` for the blocks)."

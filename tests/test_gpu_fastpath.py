@@ -99,3 +99,17 @@ def test_varlen_attention_matches_block_mask(tmp_path):
     worst = max(((grads[n] - gp).norm() / gp.norm()).item() for n, gp in ref.items())
     print(f'worst relative LoRA-gradient difference: {worst:.3g}')
     assert worst < 3e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_dequantize_equals_bitsandbytes():
+    "`_dequantize` (bitsandbytes' C kernels into a reused buffer) = `bitsandbytes.functional.dequantize_4bit`, bit for bit."
+    import bitsandbytes.functional as F
+    from qlora_nb.kernels import _dequantize
+    torch.manual_seed(0)
+    for shape in [(1024, 4096), (4096, 1024), (3584, 1024)]:
+        for nested in (True, False):
+            w = torch.randn(shape, dtype=torch.bfloat16, device='cuda')
+            q, qs = F.quantize_4bit(w, quant_type='nf4', compress_statistics=nested, quant_storage=torch.uint8)
+            ref = F.dequantize_4bit(q, qs)
+            assert torch.equal(_dequantize(q, qs, torch.bfloat16), ref), (shape, nested)
