@@ -35,20 +35,20 @@ SHAPES = {'8b': ('llama3-8b', '/tmp/vs_unsloth/llama3-8b'), '1b': ('llama3-1b', 
 # A candidate: (micro batch, checkpointing, extra) where extra names qlora_nb's own variants.
 FAST = {'liger': True, 'fused': True}
 WORKLOADS = {
-    'lean':  dict(shape='8b', chat=False, steps=12, budget=None,
+    'lean':  dict(shape='8b', chat=False, steps=10, budget=None,
                   cands={'qlora_nb': [(4, True, FAST)], 'qlora_nb-plain': [(4, True, {'liger': False, 'fused': False})],
                          'qlora_nb+liger': [(4, True, {'liger': True, 'fused': False})],
                          'hf': [(4, True, {})], 'hf+liger': [(4, True, {})], 'unsloth': [(4, True, {})]}),
-    'chat':  dict(shape='8b', chat=True, steps=24, budget=None,
+    'chat':  dict(shape='8b', chat=True, steps=16, budget=None,
                   cands={'qlora_nb': [(8, True, FAST | {'padding_free': True})],
                          'hf': [(8, True, {})], 'hf+liger': [(8, True, {})],
                          'unsloth': [(8, True, {})]}),
     '1b':    dict(shape='1b', chat=False, steps=12, budget=None,
                   cands={'qlora_nb': [(4, True, FAST)], 'hf+liger': [(4, True, {})], 'unsloth': [(4, True, {})]}),
-    # Candidates that lost by more than 10% in the last round are left out (H100, 2026-11-23: qlora_nb mbs 8 with
-    # checkpointing 10,433 vs 10,487; Unsloth mbs 8 with 10,237 vs 12,829; HF+Liger kept both, it is not in the default run).
+    # Only the candidate that won last time is tried (H200, 2026-12-02: qlora_nb mbs 4 every 2nd layer 11,233 at 24.4 GiB before
+    # the fused MLP, mbs 2 without 8,896; H100, 2026-11-23: Unsloth mbs 2 without 12,829, mbs 8 with 10,237); HF+Liger keeps both.
     '24gib': dict(shape='8b', chat=False, steps=10, budget=24.0,
-                  cands={'qlora_nb': [(2, False, FAST), (4, True, FAST | {'every': 2})],
+                  cands={'qlora_nb': [(4, True, FAST | {'every': 2})],
                          'hf+liger': [(2, False, {}), (8, True, {})], 'unsloth': [(2, False, {})]}),
     'card':  dict(shape='8b', chat=False, steps=10, budget=78.0,
                   cands={'qlora_nb': [(4, False, FAST), (8, False, FAST)], 'hf+liger': [(4, False, {})],
@@ -108,14 +108,15 @@ def our_cell(path:str, seq:int, mbs:int, ckpt:bool, steps:int, chat:bool, extra:
             torch.cuda.synchronize(); times.append(time.time() - self.t); seen.append(s.num_input_tokens_seen)
             if 'p' in prof and 'summary' not in prof: prof['p'].__exit__(None, None, None); prof['summary'] = profile_summary(prof['p'], times[-1], extra['profile'])
     tr = build_trainer(c, model, tok, data, [Timer()])
-    liger_on = 'Liger' in repr(model.get_base_model().model.norm)  # Liger swaps the instance's forward, not its class
-    fused_on = sum(1 for m in model.modules() if 'forward' in vars(m))
     t0 = time.time(); tr.train(); total = time.time() - t0
+    liger_on = 'Liger' in repr(model.get_base_model().model.norm)  # the trainer applies Liger in train(), to the instance
+    fused_on = sum(1 for m in model.modules() if 'forward' in vars(m))
+    mlp_on = sum(1 for m in model.modules() if '_qlora_prev_forward' in vars(m) and m.forward.__func__.__name__ == '_mlp_forward')
     skip = min(3, len(times) - 1); steady = times[skip:]
     losses = [r['loss'] for r in tr.state.log_history if 'loss' in r]
     out = dict(tokens_per_s=round((seen[-1] - seen[skip - 1]) / sum(steady), 1), step_s_median=round(sorted(steady)[len(steady) // 2], 3),
                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), after_load_gib=round(after_load, 2), load_s=round(load_s, 1),
-               train_s=round(total, 1), steps=len(times), final_loss=losses[-1] if losses else None, liger_applied=liger_on, fused_layers=fused_on)
+               train_s=round(total, 1), steps=len(times), final_loss=losses[-1] if losses else None, liger_applied=liger_on, fused_layers=fused_on, fused_mlps=mlp_on)
     if 'summary' in prof: out['profile'] = prof['summary']
     del tr, model; gc.collect(); torch.cuda.empty_cache()
     return out
@@ -215,12 +216,13 @@ def main():
                           ([] if ckpt else ['--no-ckpt']) + (['--chat'] if w['chat'] else [])
                     results += [r | {'key': key, 'part': part, 'stack': 'unsloth'} for r in run_json(cmd, uns_env)]
                 save()
-    # A process per cell: Liger patches classes for good, and a cell after another in one process starts with ~1 GiB of
-    # the last one's memory still held (seen as after_load_gib growing 5.4 -> 6.5 -> 7.4 in the last round), which a peak would count.
-    for o in ours:
-        for r in run_json([py, __file__, '--child', json.dumps([o])], timeout=1800):
-            results.append(r | {'part': r['key'].split('|')[0], 'stack': r['key'].split('|')[1]})
-        save()
+        # A process per cell: Liger patches classes for good, and a cell after another in one process starts with ~1 GiB of
+        # the last one's memory still held (seen as after_load_gib growing 5.4 -> 6.5 -> 7.4 in the last round), which a peak would count.
+        for o in ours:
+            for r in run_json([py, __file__, '--child', json.dumps([o])], timeout=1800):
+                results.append(r | {'part': r['key'].split('|')[0], 'stack': r['key'].split('|')[1]})
+            save()
+        ours = []
     print(table(results))
 
 

@@ -11,6 +11,7 @@ import json, logging, math, os, threading, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, load_config, config_yaml
+from transformers import TrainerCallback
 from .kernels import fast_path, fuse_lora, use_varlen_attention
 
 log = logging.getLogger('qlora_nb')
@@ -84,6 +85,10 @@ def _trainer_class():
             keep_dtypes(model_, dtypes)
     return QloraTrainer
 
+class _FuseAgain(TrainerCallback):
+    "`Trainer.train()` applies Liger, whose SwiGLU patch replaces the fused MLP forward: fuse again after it, at the start of training."
+    def on_train_begin(self, args, state, control, model=None, **kwargs): fuse_lora(model)
+
 def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
     "The trainer for an adapter-wrapped `model` and prepared `data`, with the collator that tracks row ids."
     from qlora_nb.data import make_collator
@@ -97,7 +102,9 @@ def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
                                processing_class=tokenizer, data_collator=rows, callbacks=list(callbacks))
     keep_dtypes(trainer.model, dtypes)  # before the optimizer exists, so it sees the right tensors
     liger, fused, notes = fast_path(config)
-    if fused: notes.append(f'fused LoRA layers: {fuse_lora(trainer.model)}')
+    if fused:
+        notes.append(f'fused LoRA layers: {fuse_lora(trainer.model)}')
+        trainer.add_callback(_FuseAgain())
     if liger: notes.append('Liger kernels: on')
     if (config.data.padding_free or config.data.sample_packing) and torch.cuda.is_available() and use_varlen_attention(trainer.model):
         notes.append('joined samples: variable-length flash attention (`qlora_varlen`) instead of a block-diagonal mask')
