@@ -16,8 +16,11 @@ constant, on every stack. MFU counts the model's FLOPs without recomputation (4 
 per trained token: 31.6 GFLOP for the 8B shape at 2048) against 800 TFLOP/s, the H100's measured bf16 rate.
 
     ../shared/gpu/prep --unsloth          # here; then on the device, with carry [".gpu"]:
-    source .gpu/env.sh; python benchmarks/vs_unsloth.py --part lean,chat,1b --out $OUT/vs_unsloth.json
-    source .gpu/env.sh; python benchmarks/vs_unsloth.py --part 24gib,card --out $OUT/vs_unsloth_2.json
+    source .gpu/env.sh; python benchmarks/vs_unsloth.py --out $OUT/vs_unsloth.json
+    source .gpu/env.sh; python benchmarks/vs_unsloth.py --part card --stacks all --out $OUT/vs_unsloth_card.json
+
+The default run (qlora_nb and Unsloth on lean, 24gib, 1b and chat) fits in one 10-minute device call: both
+checkpoints are made in this process, without a process start per shape.
 
 `--child` runs qlora_nb's own cells in this process (the parent calls it); the anchors' scripts run as they are.
 """
@@ -32,19 +35,21 @@ SHAPES = {'8b': ('llama3-8b', '/tmp/vs_unsloth/llama3-8b'), '1b': ('llama3-1b', 
 # A candidate: (micro batch, checkpointing, extra) where extra names qlora_nb's own variants.
 FAST = {'liger': True, 'fused': True}
 WORKLOADS = {
-    'lean':  dict(shape='8b', chat=False, steps=12, budget=None,
+    'lean':  dict(shape='8b', chat=False, steps=10, budget=None,
                   cands={'qlora_nb': [(4, True, FAST)], 'qlora_nb-plain': [(4, True, {'liger': False, 'fused': False})],
                          'qlora_nb+liger': [(4, True, {'liger': True, 'fused': False})],
                          'hf': [(4, True, {})], 'hf+liger': [(4, True, {})], 'unsloth': [(4, True, {})]}),
-    'chat':  dict(shape='8b', chat=True, steps=24, budget=None,
+    'chat':  dict(shape='8b', chat=True, steps=16, budget=None,
                   cands={'qlora_nb': [(8, True, FAST | {'padding_free': True})],
                          'hf': [(8, True, {})], 'hf+liger': [(8, True, {})],
                          'unsloth': [(8, True, {})]}),
     '1b':    dict(shape='1b', chat=False, steps=12, budget=None,
                   cands={'qlora_nb': [(4, True, FAST)], 'hf+liger': [(4, True, {})], 'unsloth': [(4, True, {})]}),
+    # Only the candidate that won last time is tried (H200, 2026-12-02: qlora_nb mbs 4 every 2nd layer 11,233 at 24.4 GiB before
+    # the fused MLP, mbs 2 without 8,896; H100, 2026-11-23: Unsloth mbs 2 without 12,829, mbs 8 with 10,237); HF+Liger keeps both.
     '24gib': dict(shape='8b', chat=False, steps=10, budget=24.0,
-                  cands={'qlora_nb': [(2, False, FAST), (8, True, FAST), (4, True, FAST | {'every': 2})],
-                         'hf+liger': [(2, False, {}), (8, True, {})], 'unsloth': [(2, False, {}), (8, True, {})]}),
+                  cands={'qlora_nb': [(4, True, FAST | {'every': 2})],
+                         'hf+liger': [(2, False, {}), (8, True, {})], 'unsloth': [(2, False, {})]}),
     'card':  dict(shape='8b', chat=False, steps=10, budget=78.0,
                   cands={'qlora_nb': [(4, False, FAST), (8, False, FAST)], 'hf+liger': [(4, False, {})],
                          'unsloth': [(4, False, {}), (8, False, {})]}),
@@ -94,21 +99,39 @@ def our_cell(path:str, seq:int, mbs:int, ckpt:bool, steps:int, chat:bool, extra:
     ids = rows(model.config.vocab_size, seq, max(steps * mbs, 8), chat)
     ds = datasets.Dataset.from_list([{'input_ids': r, 'labels': r} for r in ids])
     data = PreparedData(ds, None, 'synthetic', [[(0, i)] for i in range(len(ids))], ['synthetic'])
-    times, seen = [], []
+    times, seen, prof = [], [], {}
     class Timer(TrainerCallback):
-        def on_step_begin(self, a, s, c_, **k): torch.cuda.synchronize(); self.t = time.time()
-        def on_step_end(self, a, s, c_, **k): torch.cuda.synchronize(); times.append(time.time() - self.t); seen.append(s.num_input_tokens_seen)
+        def on_step_begin(self, a, s, c_, **k):
+            if extra.get('profile') and s.global_step == 4: prof['p'] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]).__enter__()
+            torch.cuda.synchronize(); self.t = time.time()
+        def on_step_end(self, a, s, c_, **k):
+            torch.cuda.synchronize(); times.append(time.time() - self.t); seen.append(s.num_input_tokens_seen)
+            if 'p' in prof and 'summary' not in prof: prof['p'].__exit__(None, None, None); prof['summary'] = profile_summary(prof['p'], times[-1], extra['profile'])
     tr = build_trainer(c, model, tok, data, [Timer()])
-    liger_on = 'Liger' in repr(model.get_base_model().model.norm)  # Liger swaps the instance's forward, not its class
-    fused_on = sum(1 for m in model.modules() if 'forward' in vars(m))
     t0 = time.time(); tr.train(); total = time.time() - t0
+    liger_on = 'Liger' in repr(model.get_base_model().model.norm)  # the trainer applies Liger in train(), to the instance
+    fused_on = sum(1 for m in model.modules() if 'forward' in vars(m))
+    mlp_on = sum(1 for m in model.modules() if '_qlora_prev_forward' in vars(m) and m.forward.__func__.__name__ == '_mlp_forward')
     skip = min(3, len(times) - 1); steady = times[skip:]
     losses = [r['loss'] for r in tr.state.log_history if 'loss' in r]
     out = dict(tokens_per_s=round((seen[-1] - seen[skip - 1]) / sum(steady), 1), step_s_median=round(sorted(steady)[len(steady) // 2], 3),
                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), after_load_gib=round(after_load, 2), load_s=round(load_s, 1),
-               train_s=round(total, 1), steps=len(times), final_loss=losses[-1] if losses else None, liger_applied=liger_on, fused_layers=fused_on)
+               train_s=round(total, 1), steps=len(times), final_loss=losses[-1] if losses else None, liger_applied=liger_on, fused_layers=fused_on, fused_mlps=mlp_on)
+    if 'summary' in prof: out['profile'] = prof['summary']
     del tr, model; gc.collect(); torch.cuda.empty_cache()
     return out
+
+
+def profile_summary(p, step_s:float, trace:str) -> dict:
+    "One profiled step: GPU busy time (the union of kernel intervals) against the step's wall time, launches, top kernels."
+    spans = sorted((e.time_range.start, e.time_range.end) for e in p.events() if e.device_type.name == 'CUDA')
+    busy, end = 0.0, 0.0
+    for a, b in spans:
+        if b > end: busy += b - max(a, end); end = b
+    top = sorted(p.key_averages(), key=lambda e: -e.device_time_total)[:15]
+    if trace: p.export_chrome_trace(trace)
+    return dict(step_s=round(step_s, 4), gpu_busy_s=round(busy / 1e6, 4), idle_pct=round(100 * (1 - busy / 1e6 / step_s), 1), kernels=len(spans),
+                top=[(e.key[:70], e.count, round(e.device_time_total / 1e3, 2)) for e in top])
 
 
 def child(cells:list[dict]):
@@ -121,7 +144,7 @@ def child(cells:list[dict]):
 
 # --- the parent: make the checkpoints, run every stack, print the table ---------------------------------------------
 def anchors_dir() -> Path:
-    for p in (ROOT/'.gpu'/'bench', ROOT.parent/'shared'/'bench'):
+    for p in (ROOT/'.gpu'/'bench', ROOT.parent/'.gpu'/'bench', ROOT.parent/'shared'/'bench'):  # a .wt-* copy sits inside the lead's checkout
         if (p/'anchor_hf.py').exists(): return p
     raise SystemExit('anchor scripts not found: run ../shared/gpu/prep --unsloth and carry .gpu')
 
@@ -143,9 +166,10 @@ def run_json(cmd:list[str], env=None, timeout=900) -> list[dict]:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('--part', default='lean,chat,1b', help=f'workloads, of {",".join(WORKLOADS)}')
-    ap.add_argument('--stacks', default='', help='only these stacks (default: all)')
+    ap.add_argument('--part', default='lean,24gib,1b,chat', help=f'workloads, of {",".join(WORKLOADS)}')
+    ap.add_argument('--stacks', default='qlora_nb,unsloth', help=f'these stacks, of {",".join(dict.fromkeys(s for w in WORKLOADS.values() for s in w["cands"]))}; `all` for every one')
     ap.add_argument('--out', default=str(ROOT/'benchmarks'/'results'/'vs_unsloth.json'))
+    ap.add_argument('--profile', default='', help="a folder: profile qlora_nb's 5th step of each cell there (a Chrome trace) and add a summary to its result")
     ap.add_argument('--child', help='(internal) JSON list of qlora_nb cells to run here')
     ap.add_argument('--table', nargs='*', help='print the table of these result files together, and run nothing')
     a = ap.parse_args()
@@ -154,24 +178,35 @@ def main():
         return print(table([r for f in a.table for r in json.loads(Path(f).read_text())['results']]))
     import torch
     anchors = anchors_dir()
+    sys.path.insert(0, str(anchors))
+    from anchor_hf import make_model
     parts = a.part.split(',')
-    only = set(a.stacks.split(',')) if a.stacks else None
+    only = None if a.stacks == 'all' else set(a.stacks.split(','))
     py, env = sys.executable, os.environ.copy()
     uns_env = env | {'PYTHONPATH': f'{ROOT}:/tmp/site-unsloth'}
-    for key in {WORKLOADS[p]['shape'] for p in parts}:
+    for key in dict.fromkeys(WORKLOADS[p]['shape'] for p in parts):  # made here, in one process: no start-up per shape
         shape, path = SHAPES[key]
-        if not Path(path, 'config.json').exists(): run_json([py, str(anchors/'anchor_hf.py'), '--make-only', '--shape', shape, '--path', path])
-    results = []
+        if not Path(path, 'config.json').exists():
+            t = time.time(); make_model(shape, path, 'cuda'); print(f'  ({time.time() - t:.0f}s) made {shape} at {path}', flush=True)
+    torch.cuda.empty_cache()
+    results, ours = [], []
+    def save():
+        for r in results:
+            w = WORKLOADS[r['part']]
+            if 'tokens_per_s' in r:
+                cfg = json.loads(Path(SHAPES[w['shape']][1], 'config.json').read_text())
+                r['mfu'] = round(r['tokens_per_s'] * flops_per_token(cfg, _lengths(w)) / (PEAK_TFLOPS * 1e12), 3)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(dict(gpu=torch.cuda.get_device_name(), date=time.strftime('%Y-%m-%d'), results=results), indent=1))
     for part in parts:
         w = WORKLOADS[part]; shape, path = SHAPES[w['shape']]
-        cfg = json.loads(Path(path, 'config.json').read_text())
-        ours, hf = [], {'hf': [], 'hf+liger': []}
         for stack, cands in w['cands'].items():
             if only and stack not in only: continue
             for mbs, ckpt, extra in cands:
                 key = f'{part}|{stack}|mbs{mbs}|{"ckpt" if ckpt else "nockpt"}' + (f'|every{extra["every"]}' if 'every' in extra else '')
                 if stack.startswith('qlora_nb'):
-                    ours.append(dict(key=key, path=path, seq=2048, mbs=mbs, ckpt=ckpt, steps=w['steps'], chat=w['chat'], extra=extra))
+                    prof = {'profile': f'{a.profile}/{key.replace("|", "_")}.json.gz'} if a.profile else {}
+                    ours.append(dict(key=key, path=path, seq=2048, mbs=mbs, ckpt=ckpt, steps=w['steps'], chat=w['chat'], extra=extra | prof))
                 elif stack.startswith('hf'):
                     cmd = [py, str(anchors/'anchor_hf.py'), '--shape', shape, '--path', path, '--mbs', str(mbs), '--steps', str(w['steps']),
                            '--variants', 'liger' if stack == 'hf+liger' else 'plain'] + ([] if ckpt else ['--no-ckpt']) + (['--chat'] if w['chat'] else [])
@@ -180,15 +215,14 @@ def main():
                     cmd = [py, str(anchors/'anchor_unsloth.py'), '--path', path, '--mbs', str(mbs), '--steps', str(w['steps'])] + \
                           ([] if ckpt else ['--no-ckpt']) + (['--chat'] if w['chat'] else [])
                     results += [r | {'key': key, 'part': part, 'stack': 'unsloth'} for r in run_json(cmd, uns_env)]
-        for stack in dict.fromkeys(o['key'].split('|')[1] for o in ours):  # a process per variant: Liger patches classes for good
-            for r in run_json([py, __file__, '--child', json.dumps([o for o in ours if o['key'].split('|')[1] == stack])], timeout=1800):
-                r |= {'part': part, 'stack': r['key'].split('|')[1]}
-                results.append(r)
-        for r in results:
-            if r.get('part') == part and 'tokens_per_s' in r:
-                r['mfu'] = round(r['tokens_per_s'] * flops_per_token(cfg, _lengths(w)) / (PEAK_TFLOPS * 1e12), 3)
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(dict(gpu=torch.cuda.get_device_name(), date=time.strftime('%Y-%m-%d'), results=results), indent=1))
+                save()
+        # A process per cell: Liger patches classes for good, and a cell after another in one process starts with ~1 GiB of
+        # the last one's memory still held (seen as after_load_gib growing 5.4 -> 6.5 -> 7.4 in the last round), which a peak would count.
+        for o in ours:
+            for r in run_json([py, __file__, '--child', json.dumps([o])], timeout=1800):
+                results.append(r | {'part': r['key'].split('|')[0], 'stack': r['key'].split('|')[1]})
+            save()
+        ours = []
     print(table(results))
 
 

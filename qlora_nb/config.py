@@ -89,7 +89,7 @@ class LoraConfig:
     "The trainable low-rank adapters attached to the frozen base model."
     r:int=setting(16, ge=1) # rank of each adapter
     alpha:float=setting(32, gt=0) # scaling: updates are multiplied by alpha/r (alpha/sqrt(r) with rsLoRA)
-    dropout:float=setting(0.05, ge=0, lt=1) # dropout on each adapter's input
+    dropout:float=setting(0.0, ge=0, lt=1) # dropout on each adapter's input (above 0 the fused GPU path is off)
     target_modules:str|list[str]='all-linear' # `all-linear` (every linear layer but the output head), a list of module names (may include `all-linear`), or a regex
     use_rslora:bool=False # rank-stabilized scaling alpha/sqrt(r), better for large r
     use_dora:bool=False # weight-decomposed LoRA (DoRA): slower, sometimes better at low rank

@@ -12,6 +12,7 @@ import json, logging, math, os, threading, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, advise, load_config, config_yaml
+from transformers import TrainerCallback
 from .kernels import fast_path, fuse_lora, use_varlen_attention
 from .offload import stream_layers
 
@@ -117,6 +118,10 @@ def _trainer_class():
             keep_dtypes(model_, dtypes)
     return QloraTrainer
 
+class _FuseAgain(TrainerCallback):
+    "`Trainer.train()` applies Liger, whose SwiGLU patch replaces the fused MLP forward: fuse again after it, at the start of training."
+    def on_train_begin(self, args, state, control, model=None, **kwargs): fuse_lora(model)
+
 def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
     "The trainer for an adapter-wrapped `model` and prepared `data`, with the collator that tracks row ids."
     from qlora_nb.data import make_collator
@@ -132,7 +137,9 @@ def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
     liger, fused, notes = fast_path(config)
     if (o := optimizer_name(config)) != config.training.optimizer: notes.append(f'CPU: `{config.training.optimizer}` runs as `{o}` (nothing to page on a CPU)')
     keep_cpu_weights_unpacked(trainer.model)
-    if fused: notes.append(f'fused LoRA layers: {fuse_lora(trainer.model)}')
+    if fused:
+        notes.append(f'fused LoRA layers: {fuse_lora(trainer.model)}')
+        trainer.add_callback(_FuseAgain())
     if liger: notes.append('Liger kernels: on')
     if config.training.offload == 'layers':
         s = stream_layers(trainer.model)

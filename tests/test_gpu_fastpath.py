@@ -38,24 +38,34 @@ def _loss_and_grads(model, batch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-def test_fast_path_matches_plain(tmp_path, monkeypatch):
+@pytest.mark.parametrize('ckpt', [False, True])
+def test_fast_path_matches_plain(tmp_path, monkeypatch, ckpt):
+    "Fused layers, the one-node MLP and q/k/v and Liger = peft + bitsandbytes; with checkpointing, down_proj is skipped when recomputed."
     import qlora_nb.kernels as K
     from qlora_nb.kernels import fuse_lora
+    from qlora_nb.lora import enable_checkpointing
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
     model = _model(tmp_path)
+    model.train() if ckpt else model.eval()
+    if ckpt: enable_checkpointing(model)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(10, 4096, (2, 512), generator=g).cuda()
     batch = {'input_ids': ids, 'labels': ids}
     plain_loss, plain = _loss_and_grads(model, batch)
-    counts = fuse_lora(model)
-    assert counts == {'fused': 28}, counts
-    _apply_liger_kernel_to_instance(model=model.get_base_model())
+    _apply_liger_kernel_to_instance(model=model.get_base_model())  # first, as the trainer does: fuse_lora replaces Liger's MLP forward
     assert 'Liger' in repr(model.get_base_model().model.norm)  # Liger swaps the instance's forward, not its class
-    calls, fused_fn = [], K.lora_nf4
-    monkeypatch.setattr(K, 'lora_nf4', lambda *a: calls.append(1) or fused_fn(*a))
+    counts = fuse_lora(model)
+    assert counts == {'fused': 28, 'qkv': 4, 'mlp': 4}, counts
+    calls = []
+    for name in ('lora_nf4', 'lora_mlp', 'lora_qkv', '_silu_mul'):  # counted before the call: a recomputation may stop inside one
+        monkeypatch.setattr(K, name, lambda *a, f=getattr(K, name), name=name: calls.append(name) or f(*a))
     fast_loss, fast = _loss_and_grads(model, batch)
-    assert len(calls) and len(calls) % 28 == 0, f'{len(calls)} fused calls: every one of the 28 layers must take the fused path (again if recomputed)'
-    print(f'loss plain {plain_loss:.5f} fast {fast_loss:.5f}')
+    runs = 2 if ckpt else 1  # checkpointed layers run again in the backward pass
+    for name in ('lora_nf4', 'lora_mlp', 'lora_qkv'):
+        assert calls.count(name) == 4 * runs, f'{calls.count(name)} calls of {name}: every one of the 4 layers must take the fused path'
+    # h = silu(e) g once in each layer's forward and once in its backward: never in the recomputation, where down_proj is skipped
+    assert calls.count('_silu_mul') == 8, calls.count('_silu_mul')
+    print(f'ckpt={ckpt}: loss plain {plain_loss:.5f} fast {fast_loss:.5f}')
     assert abs(fast_loss - plain_loss) / plain_loss < 5e-3
     worst = 0.0
     for n, gp in plain.items():
@@ -89,3 +99,17 @@ def test_varlen_attention_matches_block_mask(tmp_path):
     worst = max(((grads[n] - gp).norm() / gp.norm()).item() for n, gp in ref.items())
     print(f'worst relative LoRA-gradient difference: {worst:.3g}')
     assert worst < 3e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_dequantize_equals_bitsandbytes():
+    "`_dequantize` (bitsandbytes' C kernels into a reused buffer) = `bitsandbytes.functional.dequantize_4bit`, bit for bit."
+    import bitsandbytes.functional as F
+    from qlora_nb.kernels import _dequantize
+    torch.manual_seed(0)
+    for shape in [(1024, 4096), (4096, 1024), (3584, 1024)]:
+        for nested in (True, False):
+            w = torch.randn(shape, dtype=torch.bfloat16, device='cuda')
+            q, qs = F.quantize_4bit(w, quant_type='nf4', compress_statistics=nested, quant_storage=torch.uint8)
+            ref = F.dequantize_4bit(q, qs)
+            assert torch.equal(_dequantize(q, qs, torch.bfloat16), ref), (shape, nested)
