@@ -243,17 +243,9 @@ def test_app_in_jupyterlab(lab, shots):
             _ask(page, 'What is the capital of France?')
             first = _text(page, '.qlora-chat-answer .qlora-chat-text')
             assert 0 < len(first) < 100, f'an answer of at most 4 tokens is {len(first)} characters: {first!r}'
-            # Stop ends a long answer at once; the partial answer is kept, marked stopped.
-            _setting(page, 'chat.max_new_tokens', '2000')
-            page.locator('.qlora-chat-prompt textarea').first.fill('Tell me a long story.')
-            page.locator('.qlora-chat-send').first.click()
-            _wait_text(page, '.qlora-chat-answer >> nth=1', lambda t: len(t.split('\n', 1)[-1].strip()) > 0, 120, 'the long answer streaming')
-            page.locator('.qlora-chat-stop').first.click()
-            _wait_text(page, '.qlora-chat-panel .qlora-status', lambda t: t.startswith('Stopped after'), 60, 'the answer stopped')
-            assert 'stopped' in _text(page, '.qlora-chat-answer >> nth=1')
-            # Compare with base, twice: the base side answers from its own conversation (its own first answer, none of
-            # the turns it was not asked), which the folded prompt of each side shows.
-            _setting(page, 'chat.max_new_tokens', '4')
+            # Compare with base, twice: the base side answers from its own conversation (its own first answer, not the
+            # question asked without comparing), which the folded prompt of each side shows.
+            _setting(page, 'chat.temperature', '1')
             page.locator('.qlora-chat-compare input').first.check()
             _ask(page, 'Name a colour.')
             base1 = page.locator('.qlora-chat-base .qlora-chat-text').first.text_content()
@@ -261,7 +253,19 @@ def test_app_in_jupyterlab(lab, shots):
             base_sent = page.locator('.qlora-chat-base .qlora-chat-sent pre').last.text_content()
             tuned_sent = page.locator('.qlora-chat-fine-tuned .qlora-chat-sent pre').last.text_content()
             assert base1 in base_sent and 'Name a colour.' in base_sent and 'And another one?' in base_sent, base_sent
-            assert 'Tell me a long story.' not in base_sent and 'Tell me a long story.' in tuned_sent, (base_sent, tuned_sent)
+            assert 'What is the capital of France?' not in base_sent and 'What is the capital of France?' in tuned_sent, (base_sent, tuned_sent)
+            # Stop ends a long answer at once; the partial answer is kept, marked stopped. Greedy, the untrained base
+            # side of a comparison rambles on (the fine-tuned side may say its end-of-turn token at once).
+            _setting(page, 'chat.max_new_tokens', '2000')
+            _setting(page, 'chat.temperature', '0')
+            n = page.locator('.qlora-chat-user').count()
+            page.locator('.qlora-chat-prompt textarea').first.fill('Tell me a long story.')
+            page.locator('.qlora-chat-send').first.click()
+            _wait_text(page, '.qlora-chat-panel', lambda t: page.locator('.qlora-chat-user').count() > n and
+                       len(page.locator('.qlora-chat-answer .qlora-chat-text').last.text_content().strip()) > 0, 120, 'the long answer streaming')
+            page.locator('.qlora-chat-stop').first.click()
+            _wait_text(page, '.qlora-chat-panel .qlora-status', lambda t: t.startswith('Stopped after'), 60, 'the answer stopped')
+            assert 'stopped' in _text(page, '.qlora-conversation').split('Tell me a long story.')[-1]
             _shot(page, shots/'6-chat.png')
 
             # Export: merge, then GGUF; the merged folder stays listed beside the GGUF files.
