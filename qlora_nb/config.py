@@ -473,7 +473,7 @@ def _rule_preference(c:Config, given):
     if p.loss_type and p.loss_type not in LOSS_TYPES[m]:
         yield Problem('preference.loss_type', f'`{p.loss_type}` is not a {m} loss.',
                       f'use one of {", ".join(LOSS_TYPES[m])}, or leave it empty.' if LOSS_TYPES[m] else 'ORPO has one loss: remove `loss_type`.')
-    if m == 'orpo' and 'preference.reference' in given:
+    if m == 'orpo' and p.reference != 'auto':
         yield Problem('preference.reference', 'ORPO uses no reference model.', 'remove `reference`, or use `training.method: dpo`.')
     if p.reference == 'adapter' and not c.lora.init_adapter:
         yield Problem('preference.reference', '`reference: adapter` is a frozen copy of the adapter training starts from, but `lora.init_adapter` is empty.', 'set `lora.init_adapter` to the SFT adapter folder, or use `reference: base`.')
