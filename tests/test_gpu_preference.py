@@ -43,6 +43,7 @@ def _dpo_loss(config):
     from qlora_nb.train import build_trainer
     model, tok = load_model(config)
     data = prepare_preference_data(config, tok)
+    torch.manual_seed(0)  # the same LoRA A matrices in both runs
     model = attach_lora(model, config)
     torch.manual_seed(1)
     for n, p in model.named_parameters():
