@@ -238,7 +238,8 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
     t, l, d = config.training, config.lora, config.data
     dsize = 4 if config.quantization.compute_dtype == 'float32' else 2
     targets = _targets(shape, config)
-    T = t.micro_batch_size * (d.sequence_len or 2048)
+    # preference rows are two sequences each: chosen and rejected (KTO: the answer and its KL sequence)
+    T = (1 if t.method == 'sft' else 2) * t.micro_batch_size * (d.sequence_len or 2048)
     h, L = shape.hidden, shape.layers
     lora = L * sum(l.r * (shape.linears[n][0] + shape.linears[n][1]) for n in targets)
     if l.use_dora: lora += L * sum(shape.linears[n][1] for n in targets)
@@ -259,11 +260,13 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
     else: kept, recompute = L * per_layer, 0
     c['activations'] = T * (kept + k['outside_h'] * h * dsize / 2)
     loss = min(T, LOSS_TILE[0]) * min(shape.vocab, LOSS_TILE[1]) * dsize + T * 2 * h
+    if t.method == 'orpo': loss = T * shape.vocab * (dsize + 4)  # trl's ORPO trainer materializes all logits, and a float32 copy in its loss
+    ref = T * per_layer if t.method in ('dpo', 'kto') else 0  # the reference pass (no grad, adapter off): one layer's activations at a time
     largest = max(i*o for i,o in shape.linears.values())
     dequant = 2 * largest * dsize if config.quantization.load_in_4bit else 0
     bwd = T * (recompute + k['bwd_h'] * h * dsize / 2) + dequant
-    # the loss (end of the forward pass) and the backward working set are not alive at the same time
-    c['logits and loss (chunked)'], c['backward working set'] = (loss, 0) if loss > bwd else (0, bwd)
+    # the loss and reference pass (end of the forward pass) and the backward working set are not alive at the same time
+    c['logits and loss (chunked)'], c['reference pass (no grad)'], c['backward working set'] = (loss, ref, 0) if loss + ref > bwd else (0, 0, bwd)
     peak = sum(c.values())
     margin = CUDA_CONTEXT_GIB * GIB + FRAGMENTATION * peak
     c['CUDA context, fragmentation'] = margin

@@ -60,12 +60,13 @@ def _plot(ax, s, *fmt, **kw):
     ax.plot(*zip(*s), *fmt, **({'marker': 'o'} if len(s) == 1 else {}), **kw)
 
 def plot_history(history:list[dict], title:str='', fig=None):
-    "Draw the loss, eval loss, grad norm, learning rate, tokens/s and memory of `history` into one figure."
+    "Draw the loss, eval loss, grad norm, learning rate, tokens/s and memory of `history` into one figure (and a preference run's reward margins and accuracies)."
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
     fig = fig or Figure(figsize=(11, 6.5), dpi=80)
     fig.clear()
-    axs = fig.subplots(2, 2)
+    pref = any('rewards/margins' in r for r in history)
+    axs = fig.subplots(2, 3 if pref else 2)
     loss, ev = _series(history, 'loss'), _series(history, 'eval_loss')
     ax = axs[0][0]
     if loss:
@@ -83,6 +84,11 @@ def plot_history(history:list[dict], title:str='', fig=None):
     if tps: _plot(ax, tps, color='C1')
     ax.set_title('tokens/s' + (' and GPU memory (GiB, dashed)' if mem else '')); ax.set_xlabel('step')
     if mem: _plot(ax.twinx(), mem, '--', color='C4')
+    if pref:
+        for ax, key, name in ((axs[0][2], 'rewards/margins', 'reward margin (chosen - rejected)'), (axs[1][2], 'rewards/accuracies', 'reward accuracy')):
+            for k, style, label in ((key, '-', 'train'), (f'eval_{key}', 'o-', 'eval')):
+                if s := _series(history, k): ax.plot(*zip(*s), style, color='C5' if label == 'train' else 'C3', label=label)
+            ax.set_title(name); ax.set_xlabel('step')
     steps = [r['step'] for r in history if 'step' in r]
     for ax in axs.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers

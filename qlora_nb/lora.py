@@ -83,6 +83,14 @@ def prepare_for_training(model, config:Config):
     return model
 
 # %% ../nbs/21_lora.ipynb #f6133b8f
+def _load_adapter(model, path:str):
+    "The saved adapter in `path` on `model`, trainable."
+    from pathlib import Path
+    from peft import PeftModel
+    if not (Path(path).expanduser()/'adapter_config.json').is_file():
+        raise QloraError(f'lora.init_adapter: {path} holds no adapter (no adapter_config.json). Fix: give the `output_dir` of an earlier run, or leave it empty for new adapters.')
+    return PeftModel.from_pretrained(model, str(Path(path).expanduser()), is_trainable=True, autocast_adapter_dtype=False)
+
 def lora_config(model, config:Config):
     "The peft `LoraConfig` for this model, with targets resolved and checked."
     from peft import LoraConfig as PeftLoraConfig
@@ -97,12 +105,13 @@ def lora_config(model, config:Config):
                           use_dora=l.use_dora, bias=l.bias, modules_to_save=save or None, task_type='CAUSAL_LM')
 
 def attach_lora(model, config:Config):
-    "Prepare the base for training and wrap it with LoRA adapters as the config says; returns the peft model."
+    "Prepare the base for training and wrap it with LoRA adapters as the config says (or `lora.init_adapter`'s); returns the peft model."
     import torch
     from peft import get_peft_model
     from qlora_nb.model import compute_dtype
     prepare_for_training(model, config)
-    peft_model = get_peft_model(model, lora_config(model, config), autocast_adapter_dtype=False)
+    if config.lora.init_adapter: peft_model = _load_adapter(model, config.lora.init_adapter)
+    else: peft_model = get_peft_model(model, lora_config(model, config), autocast_adapter_dtype=False)
     dtype = compute_dtype(config)
     for n, p in peft_model.named_parameters():
         if 'lora_' in n and p.dtype != dtype: p.data = p.data.to(torch.float32 if 'magnitude' in n else dtype)

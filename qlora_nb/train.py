@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['log', 'quiet_kernel_hub_notice', 'world_size', 'total_steps', 'steps_per_epoch', 'mixed_precision', 'torch_bf16_ok',
-           'optimizer_name', 'sft_config', 'keep_dtypes', 'keep_cpu_weights_unpacked', 'build_trainer', 'TrainResult',
-           'model_card', 'save_outputs', 'Run', 'train']
+           'optimizer_name', 'trainer_kwargs', 'sft_config', 'keep_dtypes', 'keep_cpu_weights_unpacked',
+           'build_trainer', 'TrainResult', 'model_card', 'save_outputs', 'Run', 'train']
 
 # %% ../nbs/30_train.ipynb #9073a00f
 import json, logging, math, os, threading, time, warnings
@@ -68,10 +68,10 @@ def _no_checkpointing(cls) -> dict:
     # transformers 5 renamed it `activation_checkpointing` and warns on the old name
     return {'activation_checkpointing' if 'activation_checkpointing' in cls.__dataclass_fields__ else 'gradient_checkpointing': False}
 
-def sft_config(config:Config, n_rows:int, has_eval:bool):
-    "trl `SFTConfig` for this run."
+def trainer_kwargs(config:Config, n_rows:int, has_eval:bool) -> dict:
+    "The transformers `TrainingArguments` of this run, shared by every method's trl config."
     import torch
-    from trl import SFTConfig
+    from transformers import TrainingArguments
     t, o = config.training, config.output
     steps, epoch = total_steps(config, n_rows), steps_per_epoch(config, n_rows)
     warmup = t.warmup_steps if t.warmup_steps is not None else math.ceil(t.warmup_ratio * steps)
@@ -80,7 +80,7 @@ def sft_config(config:Config, n_rows:int, has_eval:bool):
     bf16, fp16 = mixed_precision(config)
     report = 'wandb' if t.wandb_project else t.report_to
     if t.wandb_project: os.environ.setdefault('WANDB_PROJECT', t.wandb_project)
-    return SFTConfig(
+    return dict(
         output_dir=o.output_dir, per_device_train_batch_size=t.micro_batch_size, per_device_eval_batch_size=t.micro_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, num_train_epochs=t.num_epochs, max_steps=t.max_steps or -1,
         learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=warmup, optim=optimizer_name(config),
@@ -89,10 +89,15 @@ def sft_config(config:Config, n_rows:int, has_eval:bool):
         eval_strategy='steps' if (has_eval and eval_steps) else 'no', eval_steps=eval_steps,
         save_strategy='steps' if save_steps else 'no', save_steps=save_steps, save_total_limit=t.save_total_limit,
         seed=t.seed, data_seed=t.seed, report_to=[] if report == 'none' else [report], include_num_input_tokens_seen=True,
-        remove_unused_columns=False, dataset_kwargs={'skip_prepare_dataset': True}, max_length=config.data.sequence_len,
-        dataloader_num_workers=0, deepspeed=t.deepspeed, fsdp=' '.join(t.fsdp) if t.fsdp else None, fsdp_config=t.fsdp_config,
+        remove_unused_columns=False, dataloader_num_workers=0, deepspeed=t.deepspeed, fsdp=' '.join(t.fsdp) if t.fsdp else None, fsdp_config=t.fsdp_config,
         ddp_find_unused_parameters=False if world_size() > 1 else None, disable_tqdm=None, use_cpu=not torch.cuda.is_available(),
-        use_liger_kernel=fast_path(config)[0], **_no_checkpointing(SFTConfig))
+        **_no_checkpointing(TrainingArguments))
+
+def sft_config(config:Config, n_rows:int, has_eval:bool):
+    "trl `SFTConfig` for this run."
+    from trl import SFTConfig
+    return SFTConfig(**trainer_kwargs(config, n_rows, has_eval), dataset_kwargs={'skip_prepare_dataset': True},
+                     max_length=config.data.sequence_len, use_liger_kernel=fast_path(config)[0])
 
 # %% ../nbs/30_train.ipynb #f9984211
 def keep_dtypes(model, dtypes:dict):
@@ -127,16 +132,22 @@ def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
     from qlora_nb.data import make_collator
     import torch
     from qlora_nb.guards import RowTracker
-    args = sft_config(config, len(data.train), data.eval is not None)
-    rows = RowTracker(make_collator(config, tokenizer))  # the data's `row_id` column names each row's source
-    train = data.train
+    if config.training.method == 'sft':
+        args, cls, collator = sft_config(config, len(data.train), data.eval is not None), _trainer_class(), make_collator(config, tokenizer)
+    else:  # DPO, ORPO, KTO: trl's preference trainers over the same model and data pipeline (`34_preference_train`)
+        from qlora_nb.preference_train import preference_parts
+        args, cls, collator = preference_parts(config, tokenizer, len(data.train), data.eval is not None)
+    rows = RowTracker(collator)  # the data's `row_id` column names each row's source
     dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
-    trainer = _trainer_class()(model=model, args=args, train_dataset=train, eval_dataset=data.eval,
-                               processing_class=tokenizer, data_collator=rows, callbacks=list(callbacks))
+    trainer = cls(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                  processing_class=tokenizer, data_collator=rows, callbacks=list(callbacks))
     keep_dtypes(trainer.model, dtypes)  # before the optimizer exists, so it sees the right tensors
     liger, fused, notes = fast_path(config)
     if (o := optimizer_name(config)) != config.training.optimizer: notes.append(f'CPU: `{config.training.optimizer}` runs as `{o}` (nothing to page on a CPU)')
     keep_cpu_weights_unpacked(trainer.model)
+    if config.training.method != 'sft':
+        from qlora_nb.preference_train import reference_note
+        notes.append(reference_note(trainer, config))
     if fused:
         notes.append(f'fused LoRA layers: {fuse_lora(trainer.model)}')
         trainer.add_callback(_FuseAgain())
@@ -181,7 +192,7 @@ def model_card(config:Config, result:TrainResult) -> str:
             '| | |', '|---|---|', f'| base model | `{c.model.base_model}` |',
             f'| quantization | {"4-bit " + c.quantization.quant_type + (" + double quant" if c.quantization.double_quant else "") if c.quantization.load_in_4bit else "8-bit" if c.quantization.load_in_8bit else "none"} |',
             f'| LoRA | r={l.r}, alpha={l.alpha}, dropout={l.dropout}, targets={l.target_modules} |',
-            f'| data | {", ".join(d.path for d in c.data.datasets)} |', f'| steps | {result.steps} |',
+            f'| data | {", ".join(d.path for d in c.data.datasets)} |', f'| method | {c.training.method}' + (f' (beta {c.preference.beta})' if c.training.method != 'sft' else '') + ' |', f'| steps | {result.steps} |',
             f'| learning rate | {c.training.learning_rate} ({c.training.lr_scheduler}) |']
     if result.losses: rows.append(f'| train loss | {result.losses[0]:.4f} -> {result.losses[-1]:.4f} |')
     if result.eval_after is not None: rows.append(f'| eval loss | {result.eval_before if result.eval_before is not None else float("nan"):.4f} -> {result.eval_after:.4f} |')
@@ -195,7 +206,7 @@ def save_outputs(config:Config, model, tokenizer, result:TrainResult):
     from qlora_nb.live import plot_history, figure_png
     out = Path(config.output.output_dir); out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        model.save_pretrained(tmp); tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp, selected_adapters=['default']); tokenizer.save_pretrained(tmp)  # not a preference run's frozen `ref` copy
         for f in Path(tmp).iterdir():
             if f.is_file(): f.replace(out/f.name)
     atomic_write(out/'qlora_nb.yaml', config_yaml(config))
@@ -231,7 +242,11 @@ def _train(config:Config, view=None, callbacks=(), eval_before:bool=True, stop=N
     resume = resume_point(config)
     if not resume and (out/'metrics.jsonl').exists(): (out/'metrics.jsonl').unlink()  # a fresh run starts a fresh history
     model, tok = load_model(config)
-    data = prepare_data(config, tok)
+    if config.training.method == 'sft': data = prepare_data(config, tok)
+    else:
+        from qlora_nb.preference import prepare_preference_data
+        data = prepare_preference_data(config, tok)
+    log.info(str(data.report))
     torch.manual_seed(config.training.seed)  # LoRA's initial A matrices
     model = attach_lora(model, config)
     log.info(trainable_report(model))

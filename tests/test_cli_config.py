@@ -99,7 +99,7 @@ def test_axolotl_current_style_keeps_axolotls_meaning(tmp_path):
 
 
 @pytest.mark.parametrize('name,expect', [
-    ('dpo-lora.yml', 'rl: preference or RL training (`rl: dpo`): not supported by qlora_nb yet'),
+    ('several-problems.yml', 'rl: `rl: grpo` is not supported by qlora_nb'),
     ('vision-lora.yml', 'processor_type: multimodal training (`processor_type: AutoProcessor`): not supported'),
     ('gptq-lora.yml', 'gptq: GPTQ-quantized base models (`gptq`): not supported'),
     ('moe-target-parameters.yml', 'lora_target_parameters: LoRA on raw parameters such as MoE experts'),
