@@ -12,7 +12,6 @@ import json, logging, math, os, threading, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, advise, load_config, config_yaml
-from transformers import TrainerCallback
 from .kernels import fast_path, fuse_lora, use_varlen_attention
 from .offload import stream_layers
 
@@ -123,9 +122,12 @@ def _trainer_class():
             keep_dtypes(model_, dtypes)
     return QloraTrainer
 
-class _FuseAgain(TrainerCallback):
-    "`Trainer.train()` applies Liger, whose SwiGLU patch replaces the fused MLP forward: fuse again after it, at the start of training."
-    def on_train_begin(self, args, state, control, model=None, **kwargs): fuse_lora(model)
+def _fuse_again():
+    "A callback that fuses again at the start of training: `Trainer.train()` applies Liger, whose SwiGLU patch replaces the fused MLP forward."
+    from transformers import TrainerCallback  # here, not at import: it imports peft and so bitsandbytes, which must wait for `num_gpus` forks
+    class FuseAgain(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs): fuse_lora(model)
+    return FuseAgain()
 
 def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
     "The trainer for an adapter-wrapped `model` and prepared `data`, with the collator that tracks row ids."
@@ -150,7 +152,7 @@ def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
         notes.append(reference_note(trainer, config))
     if fused:
         notes.append(f'fused LoRA layers: {fuse_lora(trainer.model)}')
-        trainer.add_callback(_FuseAgain())
+        trainer.add_callback(_fuse_again())
     if liger: notes.append('Liger kernels: on')
     if config.training.offload == 'layers':
         s = stream_layers(trainer.model)

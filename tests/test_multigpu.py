@@ -90,3 +90,11 @@ def test_effective_batch_text():
     from qlora_nb.multigpu import effective_batch
     c = Config(); c.training.micro_batch_size, c.training.gradient_accumulation_steps = 4, 4
     assert effective_batch(c, 2) == 'effective batch 32 = micro batch 4 x accumulation 4 x 2 processes'
+
+
+def test_importing_train_leaves_bitsandbytes_unloaded():
+    "`train(config)` with `num_gpus` forks only before bitsandbytes is imported: so `qlora_nb.train`'s import must not pull it (peft does)."
+    code = 'import sys, qlora_nb, qlora_nb.train, qlora_nb.multigpu; print(sorted(m for m in ("bitsandbytes", "peft", "trl") if m in sys.modules))'
+    p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == '[]', p.stdout
