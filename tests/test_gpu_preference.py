@@ -6,7 +6,7 @@ through peft + bitsandbytes as they are. The reference pass (adapter off) is the
 DPO steps with `train(config)` on the fast path move the reward margin up. Run on the device:
 `pytest -m gpu tests/test_gpu_preference.py`.
 """
-import json, time
+import time
 import pytest, torch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')]
