@@ -111,7 +111,10 @@ def attach_lora(model, config:Config):
     from qlora_nb.model import compute_dtype
     prepare_for_training(model, config)
     if config.lora.init_adapter: peft_model = _load_adapter(model, config.lora.init_adapter)
-    else: peft_model = get_peft_model(model, lora_config(model, config), autocast_adapter_dtype=False)
+    else:
+        with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`: its notice is for peft
+            warnings.filterwarnings('ignore', message='`is_gradient_checkpointing` is deprecated', category=FutureWarning)
+            peft_model = get_peft_model(model, lora_config(model, config), autocast_adapter_dtype=False)
     dtype = compute_dtype(config)
     for n, p in peft_model.named_parameters():
         if 'lora_' in n and p.dtype != dtype: p.data = p.data.to(torch.float32 if 'magnitude' in n else dtype)

@@ -159,6 +159,8 @@ def load_model(config,  # a `Config`, or a YAML path or dict for `load_config`
     tok.padding_side = 'right'
     model = load_base(config)
     model._qlora_nb_resized = resize_for_tokenizer(model, tok)
-    if model.generation_config is not None and tok.pad_token_id is not None: model.generation_config.pad_token_id = tok.pad_token_id
+    if tok.pad_token_id is not None:  # align as the trainer would, without its warning: our log already says which pad token and why
+        model.config.get_text_config().pad_token_id = tok.pad_token_id
+        if model.generation_config is not None: model.generation_config.pad_token_id = tok.pad_token_id
     log.info(memory_line(model))
     return model, tok

@@ -248,7 +248,6 @@ def _train(config:Config, view=None, callbacks=(), eval_before:bool=True, stop=N
     else:
         from qlora_nb.preference import prepare_preference_data
         data = prepare_preference_data(config, tok)
-    log.info(str(data.report))
     torch.manual_seed(config.training.seed)  # LoRA's initial A matrices
     model = attach_lora(model, config)
     log.info(trainable_report(model))
