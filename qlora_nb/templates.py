@@ -9,20 +9,23 @@ __all__ = ['log', 'BUILTIN_TEMPLATES', 'TEMPLATE_ALIASES', 'TOKENIZER_DEFAULT', 
            'choose_pad_token', 'prepare_tokenizer', 'ends_turn', 'load_tokenizer']
 
 # %% ../nbs/10_templates.ipynb #413f6a39
-import difflib, logging, re
+import difflib, logging
 from pathlib import Path
-from .config import Config, DatasetConfig, QloraError, QloraWarning
+from .config import Config, DatasetConfig, QloraError
+from .utils import assets_path
 
 log = logging.getLogger('qlora_nb')
 
 # %% ../nbs/10_templates.ipynb #bb0e8dd6
-from .tiny import LLAMA3_TEMPLATE, CHATML_TEMPLATE
-from importlib.resources import files
+_TEMPLATE_DIR = assets_path()/'templates'
+_FIRST = ('llama3', 'chatml')  # the generic names: `template_family` tries them first
 
-_TEMPLATE_DIR = files('qlora_nb')/'assets'/'templates'
+def _read_templates() -> dict[str, str]:
+    "Every `.jinja` file of the templates folder, by name."
+    names = sorted(p.stem for p in _TEMPLATE_DIR.glob('*.jinja'))
+    return {n: (_TEMPLATE_DIR/f'{n}.jinja').read_text(encoding='utf-8') for n in [*_FIRST, *(n for n in names if n not in _FIRST)]}
 
-BUILTIN_TEMPLATES = {'llama3': LLAMA3_TEMPLATE, 'chatml': CHATML_TEMPLATE} | {
-    p.name.removesuffix('.jinja'): p.read_text(encoding='utf-8') for p in sorted(_TEMPLATE_DIR.iterdir(), key=lambda p: p.name) if p.name.endswith('.jinja')}
+BUILTIN_TEMPLATES = _read_templates()
 
 # Names other tools use for the same templates: every name of Axolotl's `chat_template` / `conversation` that we build in.
 TEMPLATE_ALIASES = {'llama-3': 'llama3', 'llama3.3': 'llama3.1', 'qwen_25': 'qwen2.5', 'qwen2_5': 'qwen2.5', 'qwen25': 'qwen2.5',
