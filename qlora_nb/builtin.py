@@ -7,10 +7,11 @@ __all__ = ['log', 'PRETRAINED', 'packaged_gguf', 'build_pretrained', 'builtin_mo
            'no_model_message', 'model_source']
 
 # %% ../nbs/06_builtin.ipynb #21c1e288
-import importlib.metadata, json, logging, os, re, shutil, tempfile
+import importlib.metadata, json, logging, os, re
 from pathlib import Path
 from .config import BUILTIN_PREFIX, QloraError
-from .tiny import TINY_MODELS, build_tiny, cache_dir
+from .tiny import TINY_MODELS, build_tiny
+from .utils import atomic_dir, cache_dir
 
 log = logging.getLogger('qlora_nb')
 
@@ -79,12 +80,8 @@ def build_pretrained(name:str='smollm2-135m', # a key of `PRETRAINED`
     with FileLock(str(path) + '.lock'):
         if (path/'config.json').exists() and not force: return path
         log.info(f'{BUILTIN_PREFIX}{name}: converting {gguf.name} to a transformers folder in {path} (once)')
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + '.tmp'))
-        try:
+        with atomic_dir(path) as tmp:  # whole or not at all: an interrupted conversion is never mistaken for a model
             _convert(gguf, tmp, PRETRAINED[name]['end_of_turn'])
-            if path.exists(): shutil.rmtree(path)
-            tmp.rename(path)  # whole or not at all: an interrupted conversion is never mistaken for a model
-        finally: shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 # %% ../nbs/06_builtin.ipynb #58f7261a

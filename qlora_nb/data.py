@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['log', 'REASONS', 'DatasetReport', 'DataReport', 'tokenize_dataset', 'PreparedData', 'row_label', 'prepare_data',
-           'make_collator', 'write_jsonl', 'data_fingerprint', 'save_prepared', 'load_prepared', 'cached_prepare']
+           'make_collator', 'data_fingerprint', 'save_prepared', 'load_prepared', 'cached_prepare']
 
 # %% ../nbs/15_data.ipynb #4029293d
 import json, logging, random, warnings
@@ -16,6 +16,7 @@ from .loading import load_one
 from .packing import Collator, pack_rows
 from .templates import prepare_tokenizer
 from .tokenizing import IGNORE, SampleTokenizer
+from .utils import atomic_dir, cache_dir
 
 log = logging.getLogger('qlora_nb')
 
@@ -281,12 +282,6 @@ def make_collator(config:Config, # uses `data.sequence_len` and `data.pad_to_seq
     return Collator(tokenizer.pad_token_id, config.data.sequence_len if config.data.pad_to_sequence_len else None,
                     padding_free=config.data.padding_free)
 
-# %% ../nbs/15_data.ipynb #f6a528dd
-def write_jsonl(path, rows:list)->str:
-    "Write `rows` as JSON lines (a helper for examples and tests)."
-    Path(path).write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows), encoding='utf-8')
-    return str(path)
-
 # %% ../nbs/15_data.ipynb #585906a1
 def data_fingerprint(config:Config, tokenizer)->str:
     "A hash of everything that changes what `prepare_data` makes."
@@ -305,17 +300,13 @@ def data_fingerprint(config:Config, tokenizer)->str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 def save_prepared(pd:PreparedData, folder)->Path:
-    "Write `pd` to `folder` (whole or not at all)."
-    import shutil
-    folder = Path(folder); tmp = folder.with_name(folder.name + '.tmp')
-    if tmp.exists(): shutil.rmtree(tmp)
-    pd.train.save_to_disk(str(tmp/'train'))
-    if pd.eval is not None: pd.eval.save_to_disk(str(tmp/'eval'))
+    "Write `pd` to `folder` (whole or not at all; an old copy is replaced only once the new one is complete)."
     meta = {'report': asdict(pd.report), 'row_ids': pd.row_ids, 'sources': pd.sources, 'eval_row_ids': pd.eval_row_ids}
-    (tmp/'prepared.json').write_text(json.dumps(meta), encoding='utf-8')
-    if folder.exists(): shutil.rmtree(folder)
-    tmp.rename(folder)
-    return folder
+    with atomic_dir(folder) as tmp:
+        pd.train.save_to_disk(str(tmp/'train'))
+        if pd.eval is not None: pd.eval.save_to_disk(str(tmp/'eval'))
+        (tmp/'prepared.json').write_text(json.dumps(meta), encoding='utf-8')
+    return Path(folder)
 
 def load_prepared(folder)->PreparedData:
     "Read what `save_prepared` wrote."
@@ -330,7 +321,6 @@ def load_prepared(folder)->PreparedData:
 
 def cached_prepare(config:Config, tokenizer)->PreparedData:
     "`prepare_data`, reusing a saved result when data, tokenizer and settings are unchanged."
-    from qlora_nb.tiny import cache_dir
     prepare_tokenizer(tokenizer, config)
     fp = data_fingerprint(config, tokenizer)
     folder = Path(config.data.prepared_path or cache_dir()/'prepared')/fp

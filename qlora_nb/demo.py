@@ -8,12 +8,12 @@ __all__ = ['log', 'PERSONA', 'PERSONA_ANSWERS', 'IDENTITY_QUESTIONS', 'HELD_OUT_
            'demo_config', 'DemoResult', 'demo']
 
 # %% ../nbs/35_demo.ipynb #dbc1dde9
-import json, logging, time
+import logging, time
 from dataclasses import dataclass
 from pathlib import Path
 from fastcore.basics import patch
 from .config import Config, DatasetConfig, load_config
-from .tiny import assets_path
+from .utils import assets_path, atomic_write, write_jsonl
 
 log = logging.getLogger('qlora_nb')
 
@@ -65,11 +65,7 @@ DEMO_FILES = {'demo_persona.jsonl': persona_rows, 'demo_persona_val.jsonl': pers
 def write_persona_data(folder=None) -> list[Path]:
     "Write the demo's data files (to the package's assets by default)."
     folder = Path(folder or assets_path())
-    out = []
-    for name, rows in DEMO_FILES.items():
-        (p := folder/name).write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows()), encoding='utf-8')
-        out.append(p)
-    return out
+    return [Path(write_jsonl(folder/name, rows())) for name, rows in DEMO_FILES.items()]
 
 # %% ../nbs/35_demo.ipynb #1da9fb0f
 DEMO_MODEL, DEMO_STEPS = 'builtin:smollm2-135m', 40
@@ -138,7 +134,6 @@ def demo(output_dir:str='outputs/demo',   # where the adapter, plot and report g
     "Teach the real small model a persona on this machine and show what changed and what it kept (the README's main job)."
     from qlora_nb.train import train
     from qlora_nb.chat import load_chat_model
-    from qlora_nb.checkpoints import atomic_write
     t0 = time.time()
     config = demo_config(output_dir, max_steps, overrides)
     log.info(f'demo: {config.model.base_model} (NF4) learns the persona {PERSONA}, {config.training.max_steps} steps -> {output_dir}')

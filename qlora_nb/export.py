@@ -10,9 +10,10 @@ __all__ = ['log', 'ARCHS', 'GGUF_TYPES', 'PRE_TOKENIZERS', 'FILE_TYPES', 'gguf_a
 
 # %% ../nbs/71_export.ipynb #e59f321c
 import json, logging, math, os, shutil, time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, load_config
+from .utils import atomic_dir
 
 log = logging.getLogger('qlora_nb')
 
@@ -312,21 +313,13 @@ def export_gguf(model_dir,             # the merged model folder
     out.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out.parent).free
     if free < need * 1.05 + 2**26 * (1 + len(types)): raise QloraError(f'{out.parent}: not enough disk space: the GGUF files need about {need/2**30:.2f} GiB, {free/2**30:.2f} GiB are free. Fix: free space or set output.gguf_dir on a larger disk.')
-    tmp = out.with_name(f'.{out.name}.partial-{os.getpid()}')
-    if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        files, info = {}, {}
+    files, info = {}, {}
+    with atomic_dir(out) as tmp:
         for t in dict.fromkeys(types):
             info[t] = write_gguf(model_dir, tmp/f'{name}-{t}.gguf', t, name)
             files[t] = out/f'{name}-{t}.gguf'
         tok = transformers.AutoTokenizer.from_pretrained(model_dir)
         (tmp/'Modelfile').write_text(modelfile(files[types[0]].name, tok.chat_template), encoding='utf-8')
-        from qlora_nb.merge import _finish
-        _finish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     res = ExportResult(out, files, out/'Modelfile', info, time.time() - t0)
     log.info(str(res))
     return res

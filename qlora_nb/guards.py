@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['log', 'NAN_ADVICE', 'SPIKE_LOSS', 'SPIKE_NORM', 'COLLAPSE_STEPS', 'LR_ADVICE', 'RowTracker', 'GuardStop',
-           'GuardCallback', 'free_cuda', 'is_oom', 'explain_oom']
+           'GuardCallback', 'is_oom', 'explain_oom']
 
 # %% ../nbs/32_guards.ipynb #57eb992d
 import logging, math, warnings
@@ -124,12 +124,6 @@ def _check_flat(self:GuardCallback, loss, step, window:int=10):
                           + self._flat_advice())
 
 # %% ../nbs/32_guards.ipynb #3d2d0815
-def free_cuda():
-    "Release what PyTorch's allocator holds, after an error."
-    import gc, torch
-    gc.collect()
-    if torch.cuda.is_available(): torch.cuda.empty_cache()
-
 def is_oom(e:BaseException) -> bool:
     import torch
     return isinstance(e, torch.OutOfMemoryError) or 'out of memory' in str(e).lower()

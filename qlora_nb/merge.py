@@ -13,6 +13,7 @@ import json, logging, math, os, re, shutil, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, load_config
+from .utils import atomic_dir
 
 log = logging.getLogger('qlora_nb')
 
@@ -352,13 +353,6 @@ def _check_disk(folder:Path, need:int):
     if free < need * 1.02 + 2**26:
         raise QloraError(f'{folder}: not enough disk space: the merged model needs {need/2**30:.2f} GiB, {free/2**30:.2f} GiB are free. Fix: free space, or set output.merged_dir on a larger disk.')
 
-def _finish(tmp:Path, out:Path):
-    "Move the complete folder `tmp` to `out`, replacing an old one only after the new one is in place."
-    old = out.with_name(f'.{out.name}.old-{os.getpid()}')
-    if out.exists(): out.rename(old)
-    tmp.rename(out)
-    if old.exists(): shutil.rmtree(old)
-
 # %% ../nbs/70_merge.ipynb #5d961f3f
 def _save_tokenizer(adapter:Path, base:str, tmp:Path, vocab:int, trust_remote_code:bool) -> str:
     "Save the adapter's tokenizer (else the base's) with its chat template; returns where it came from."
@@ -416,19 +410,13 @@ def merge_adapter(base,                   # base model folder (safetensors), or 
     plan = plan_merge(idx, ups, skeleton, acfg, base, tdtype, dequantize=mode == 'dequantized')
     out.parent.mkdir(parents=True, exist_ok=True)
     _check_disk(out.parent, plan.total_bytes)
-    tmp = out.with_name(f'.{out.name}.partial-{os.getpid()}')
-    if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        counts = {'merged': 0, 'replaced': 0, 'dequantized': 0}
-        shards = _write_shards(tmp, plan, tdtype, getattr(torch, quant_dtype) if quant_dtype else None, quant_type, double_quant, shard_gib, counts)
+    counts = {'merged': 0, 'replaced': 0, 'dequantized': 0}
+    with atomic_dir(out) as tmp:
+        shards = _write_shards(tmp, plan, tdtype, getattr(torch, quant_dtype) if quant_dtype else None, quant_type,
+                               double_quant, shard_gib, counts)
         vocab = plan.vocab_size or skeleton.config.vocab_size
         _save_configs(base, tmp, plan, tdtype, trust_remote_code)
         _save_tokenizer(adapter, base, tmp, vocab, trust_remote_code)
-        _finish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     res = MergeResult(out, mode, str(tdtype).removeprefix('torch.'), counts['merged'], counts['replaced'], counts['dequantized'],
                       len(plan.tensors), shards, plan.total_bytes, time.time() - t0)
     log.info(str(res))

@@ -10,6 +10,7 @@ __all__ = ['log', 'FSDP1_ONLY', 'FSDP_OPTIONS', 'effective_batch', 'decoder_laye
 import copy, importlib.util, json, logging, os, subprocess, sys, tempfile, threading, time, warnings
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, load_config, save_config
+from .utils import world_size
 
 log = logging.getLogger('qlora_nb')
 
@@ -18,7 +19,7 @@ def effective_batch(config:Config,             # the run's config
                     processes:int|None=None,   # processes training together; by default `WORLD_SIZE` (1 when not launched)
                    ) -> str:
     "One line: the rows per optimizer step and where they come from."
-    t, n = config.training, processes or int(os.environ.get('WORLD_SIZE', 1))
+    t, n = config.training, processes or world_size()
     total = t.micro_batch_size * t.gradient_accumulation_steps * n
     return (f'effective batch {total} = micro batch {t.micro_batch_size} x accumulation {t.gradient_accumulation_steps} '
             f'x {n} process{"es" if n != 1 else ""}')

@@ -7,9 +7,9 @@ __all__ = ['CAPITALS', 'OPPOSITES', 'SYSTEM_PROMPTS', 'FAMILIES', 'TINY_MODELS',
            'write_demo_data', 'make_tokenizer', 'build_tiny']
 
 # %% ../nbs/05_tiny.ipynb #79fb0bc4
-import json, random
+import random
 from pathlib import Path
-from .utils import assets_path, atomic_dir, cache_dir
+from .utils import assets_path, atomic_dir, cache_dir, write_jsonl
 
 # %% ../nbs/05_tiny.ipynb #7bf8df89
 CAPITALS = {'France': 'Paris', 'Germany': 'Berlin', 'Italy': 'Rome', 'Spain': 'Madrid', 'Portugal': 'Lisbon',
@@ -50,10 +50,7 @@ def demo_data_path() -> Path:
 
 def write_demo_data(path=None) -> Path:
     "Write `demo_conversations()` as JSON lines (to the package's assets by default)."
-    path = Path(path or demo_data_path())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in demo_conversations()), encoding='utf-8')
-    return path
+    return Path(write_jsonl(path or demo_data_path(), demo_conversations()))
 
 # %% ../nbs/05_tiny.ipynb #140ebbbf
 FAMILIES = {
