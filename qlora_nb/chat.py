@@ -144,7 +144,8 @@ def load_chat_model(source,            # a run's output folder, its YAML config,
     check_template(tok, trained, where=f'the tokenizer in {folder}')
     base = load_base(config)
     if len(tok) > base.get_input_embeddings().weight.shape[0]: base.resize_token_embeddings(len(tok), pad_to_multiple_of=64)
-    model = PeftModel.from_pretrained(base, folder).eval()
+    from qlora_nb.lora import peft_notice_hidden
+    with peft_notice_hidden(): model = PeftModel.from_pretrained(base, folder).eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     cm = ChatModel(model, tok, config); cm.trained_template = trained
     return cm

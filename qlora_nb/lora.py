@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['linear_layers', 'short_names', 'resolve_targets', 'check_rank', 'decoder_layers', 'enable_checkpointing',
-           'prepare_for_training', 'lora_config', 'attach_lora', 'trainable_report']
+           'prepare_for_training', 'peft_notice_hidden', 'lora_config', 'attach_lora', 'trainable_report']
 
 # %% ../nbs/21_lora.ipynb #16f4d177
-import logging, re, warnings
+import contextlib, logging, re, warnings
 from collections import Counter, defaultdict
 from .config import Config, QloraError, QloraWarning
 
@@ -84,6 +84,13 @@ def prepare_for_training(model, config:Config):
     return model
 
 # %% ../nbs/21_lora.ipynb #f6133b8f
+@contextlib.contextmanager
+def peft_notice_hidden():
+    "Hide peft's reading of transformers' deprecated `is_gradient_checkpointing`: the notice is for peft, not for the user."
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='`is_gradient_checkpointing` is deprecated', category=FutureWarning)
+        yield
+
 def _load_adapter(model, path:str):
     "The saved adapter in `path` on `model`, trainable."
     from pathlib import Path
@@ -111,11 +118,9 @@ def attach_lora(model, config:Config):
     from peft import get_peft_model
     from qlora_nb.model import compute_dtype
     prepare_for_training(model, config)
-    if config.lora.init_adapter: peft_model = _load_adapter(model, config.lora.init_adapter)
-    else:
-        with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`: its notice is for peft
-            warnings.filterwarnings('ignore', message='`is_gradient_checkpointing` is deprecated', category=FutureWarning)
-            peft_model = get_peft_model(model, lora_config(model, config), autocast_adapter_dtype=False)
+    with peft_notice_hidden():
+        if config.lora.init_adapter: peft_model = _load_adapter(model, config.lora.init_adapter)
+        else: peft_model = get_peft_model(model, lora_config(model, config), autocast_adapter_dtype=False)
     dtype = compute_dtype(config)
     for n, p in peft_model.named_parameters():
         if 'lora_' in n and p.dtype != dtype: p.data = p.data.to(torch.float32 if 'magnitude' in n else dtype)
