@@ -89,8 +89,9 @@ def start(self:TrainPanel):
 def stop(self:TrainPanel):
     "Ask the current run to stop after its current step."
     if self.run is not None and not self.run.done:
+        # The status first: the run may end at once, and its 'Finished' must not be overwritten.
+        self.status.info('Stopping after the current step…')
+        self.stop_button.disabled = True
         # Through the live view when it has a stop of its own, so its button shows the stop too.
         if hasattr(self.view, 'request_stop'): self.view.request_stop()
         else: self.run.stop()
-        self.stop_button.disabled = True
-        self.status.info('Stopping after the current step…')
