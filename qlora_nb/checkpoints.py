@@ -8,14 +8,14 @@ __all__ = ['log', 'MARKER', 'CompleteMarker', 'write_marker', 'checkpoints', 'la
 # %% ../nbs/33_checkpoints.ipynb #81eafd60
 import json, logging, re, time, warnings
 from pathlib import Path
-from transformers import TrainerCallback
 from .config import Config, QloraError, QloraWarning
+from .live import Callback
 
 log = logging.getLogger('qlora_nb')
 MARKER = 'qlora_nb_complete.json'
 
 # %% ../nbs/33_checkpoints.ipynb #1503ec84
-class CompleteMarker(TrainerCallback):
+class CompleteMarker(Callback):
     "After the trainer has written a checkpoint, mark it complete (written last, atomically)."
     def on_save(self, args, state, control, **kw):
         if not state.is_world_process_zero: return

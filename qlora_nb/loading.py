@@ -10,8 +10,9 @@ __all__ = ['log', 'BUILTIN_DATASETS', 'resolve_path', 'local_files', 'file_type'
 import glob, json, logging, os, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from .builtin import hub_id_like
-from .config import BUILTIN_PREFIX, DatasetConfig, QloraError
+from .builtin import BUILTIN_PREFIX, hub_id_like
+from .config import DatasetConfig, QloraError
+from .tiny import assets_path
 
 log = logging.getLogger('qlora_nb')
 
@@ -26,7 +27,6 @@ def resolve_path(path:str)->str:
     name = path.removeprefix(BUILTIN_PREFIX)
     if name not in BUILTIN_DATASETS:
         raise QloraError(f'unknown built-in dataset {path!r}. Fix: use one of {", ".join(BUILTIN_PREFIX + n for n in BUILTIN_DATASETS)}, or a file, folder or hub id.')
-    from qlora_nb.tiny import assets_path
     return str(assets_path()/BUILTIN_DATASETS[name])
 
 def local_files(path:str, data_files=None)->list[str]:

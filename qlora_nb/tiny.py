@@ -8,8 +8,9 @@ __all__ = ['CAPITALS', 'OPPOSITES', 'SYSTEM_PROMPTS', 'FAMILIES', 'LLAMA3_TEMPLA
            'build_tiny']
 
 # %% ../nbs/05_tiny.ipynb #79fb0bc4
-import hashlib, json, os, random
+import hashlib, json, os, random, shutil
 from pathlib import Path
+import qlora_nb
 
 # %% ../nbs/05_tiny.ipynb #7bf8df89
 CAPITALS = {'France': 'Paris', 'Germany': 'Berlin', 'Italy': 'Rome', 'Spain': 'Madrid', 'Portugal': 'Lisbon',
@@ -46,7 +47,6 @@ def demo_conversations(seed:int=0) -> list[dict]:
 # %% ../nbs/05_tiny.ipynb #5912e3ba
 def assets_path() -> Path:
     "The folder of files shipped with the package."
-    import qlora_nb
     return Path(qlora_nb.__file__).resolve().parent/'assets'
 
 def demo_data_path() -> Path:
@@ -148,6 +148,6 @@ def build_tiny(name:str='tiny-llama', # a key of `TINY_MODELS`
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     model.generation_config.save_pretrained(tmp)
-    if path.exists(): import shutil; shutil.rmtree(path)
+    if path.exists(): shutil.rmtree(path)
     tmp.rename(path)  # whole or not at all: an interrupted build is never mistaken for a model
     return path
