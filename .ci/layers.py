@@ -93,8 +93,8 @@ def scan(pkg_dir: Path):
                 for p in third_party(node):
                     if lazy and p not in LAZY:
                         counts['light lazy'] += 1
-                        out.append(f'{where}: {m} imports {p} inside a function; only the heavy or optional packages in '
-                                   f'LAZY (.ci/layers.py) may wait. Fix: import {p} at the top of {m}.')
+                        out.append(f'{where}: {m} imports {p} inside a function; only the heavy or optional '
+                                   f'packages in LAZY (.ci/layers.py) may wait. Fix: import {p} at the top of {m}.')
                     if not lazy and p in LAZY and names[layer[m]] not in TOP_HEAVY_OK:
                         counts['heavy at top'] += 1
                         out.append(f'{where}: {m} imports {p} at the top, so importing {m} loads it. Fix: import it '

@@ -346,8 +346,8 @@ def _plain_value(k, v):
 def from_axolotl(d:dict,                 # the Axolotl config, as `yaml.safe_load` returns it
                  file:str|None=None,     # the file it came from, for messages
                  lines:dict|None=None,   # Axolotl key -> line, from `read_yaml`
-                 check=None,             # `check(ours, lines)`: the problems of the converted settings (`load_config` passes
-                                         # its own), so a refusal also names them: every problem in one error
+                 check=None,             # `check(ours, lines)`: the problems of the converted settings
+                                         # (`load_config` passes its own): a refusal names them too
                 ) -> tuple[dict, dict]:  # our sectioned dict, and its dotted key -> line map
     "Convert an Axolotl config to ours, with Axolotl's meaning. Refused features are one error; keys we do not use, one warning."
     d = dict(d)
@@ -366,7 +366,8 @@ def from_axolotl(d:dict,                 # the Axolotl config, as `yaml.safe_loa
         elif k not in IRRELEVANT: notes.append((k, NOT_HONOURED.get(k) or SPEED_ONLY.get(k) or ''))
     for k,v in AXOLOTL_DEFAULTS.items(): flat.setdefault(k, v)
     out, out_lines = _sectioned(flat), _our_lines(lines)
-    if refused or (notes and d.get('strict')): _refuse(refused, notes if d.get('strict') else [], out, file, lines, out_lines, check)
+    if refused or (notes and d.get('strict')):
+        _refuse(refused, notes if d.get('strict') else [], out, file, lines, out_lines, check)
     _warn(notes, file)
     return out, out_lines
 

@@ -17,8 +17,8 @@ from .data import make_collator, prepare_data
 from .estimate import auto_fit
 from .guards import GuardCallback, GuardStop, RowTracker, explain_oom, free_cuda, is_oom
 from .kernels import fast_path, fuse_lora, use_varlen_attention
-from .live import (Callback, MetricsCallback, NotebookView, StopSignal, figure_png, in_notebook, plot_history,
-                           progress_line)
+from .live import Callback, MetricsCallback, NotebookView, StopSignal
+from .live import figure_png, in_notebook, plot_history, progress_line
 from .lora import attach_lora, keep_dtypes, trainable_report
 from .model import device_kind, load_model, memory_line
 from .multigpu import MetricsFollower, check_can_fork, check_deepspeed, prepare_distributed
@@ -128,7 +128,7 @@ def _trainer_class():
     return QloraTrainer
 
 class _FuseAgain(Callback):
-    "Fuse again at the start of training: `Trainer.train()` applies Liger, whose SwiGLU patch replaces the fused MLP forward."
+    "Fuse again when training starts: `Trainer.train()` applies Liger, whose SwiGLU patch replaces the fused MLP forward."
     def on_train_begin(self, args, state, control, model=None, **kwargs): fuse_lora(model)
 
 def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
