@@ -1,6 +1,8 @@
 "QLoRA fine-tuning of large language models, built for Jupyter notebooks."
 __version__ = "0.1.0"
 
+import importlib
+
 # The public names, imported on first use: `import qlora_nb` stays fast and needs no GPU, IPython or
 # ipywidgets (the widgets load only when a panel is shown). Each entry is name -> module.
 _PUBLIC = {
@@ -14,13 +16,12 @@ _PUBLIC = {
     'merge': 'merge', 'merge_adapter': 'merge', 'MergeResult': 'merge', 'compare_merge_modes': 'merge',
     'export': 'export', 'export_gguf': 'export', 'ExportResult': 'export',
     'load_model': 'model', 'attach_lora': 'lora', 'trainable_report': 'lora', 'estimate': 'estimate', 'auto_fit': 'estimate',
-    'train': 'train', 'TrainResult': 'train', 'train_on_gpus': 'multigpu', 'NotebookView': 'live', 'demo': 'demo', 'load_chat_model': 'chat', 'chat': 'chat',
+    'train': 'train', 'TrainResult': 'train', 'train_on_gpus': 'train', 'NotebookView': 'live', 'demo': 'demo', 'load_chat_model': 'chat', 'chat': 'chat',
     'fast_path': 'kernels', 'fuse_lora': 'kernels',
 }
 
 def __getattr__(name):
     if name in _PUBLIC:
-        import importlib
         return getattr(importlib.import_module(f'qlora_nb.{_PUBLIC[name]}'), name)
     raise AttributeError(f"module 'qlora_nb' has no attribute {name!r}")
 

@@ -8,9 +8,8 @@ __all__ = ['AXOLOTL_KEYS', 'DATASET_KEYS', 'DATASET_TYPES', 'SCHEDULERS', 'DTYPE
            'OPTIMIZERS', 'alpaca_formats', 'from_axolotl', 'to_axolotl', 'lost_keys']
 
 # %% ../nbs/01_axolotl.ipynb #250f3d5b
-import warnings
-from pathlib import Path
-from .config import (Config, ConfigError, Problem, QloraWarning, config_from_dict, config_to_dict)
+import dataclasses, warnings
+from .errors import ConfigError, Problem, QloraWarning
 from .keys import set_key
 
 # %% ../nbs/01_axolotl.ipynb #fd49a556
@@ -346,6 +345,8 @@ def _plain_value(k, v):
 def from_axolotl(d:dict,                 # the Axolotl config, as `yaml.safe_load` returns it
                  file:str|None=None,     # the file it came from, for messages
                  lines:dict|None=None,   # Axolotl key -> line, from `read_yaml`
+                 check=None,             # `check(ours, lines)`: the problems of the converted settings
+                                         # (`load_config` passes its own): a refusal names them too
                 ) -> tuple[dict, dict]:  # our sectioned dict, and its dotted key -> line map
     "Convert an Axolotl config to ours, with Axolotl's meaning. Refused features are one error; keys we do not use, one warning."
     d = dict(d)
@@ -364,7 +365,8 @@ def from_axolotl(d:dict,                 # the Axolotl config, as `yaml.safe_loa
         elif k not in IRRELEVANT: notes.append((k, NOT_HONOURED.get(k) or SPEED_ONLY.get(k) or ''))
     for k,v in AXOLOTL_DEFAULTS.items(): flat.setdefault(k, v)
     out, out_lines = _sectioned(flat), _our_lines(lines)
-    if refused or (notes and d.get('strict')): _refuse(refused, notes if d.get('strict') else [], out, file, lines, out_lines)
+    if refused or (notes and d.get('strict')):
+        _refuse(refused, notes if d.get('strict') else [], out, file, lines, out_lines, check)
     _warn(notes, file)
     return out, out_lines
 
@@ -383,14 +385,13 @@ def _our_lines(lines:dict) -> dict:
     return out
 
 # %% ../nbs/01_axolotl.ipynb #1f721506
-def _refuse(refused:list, strict_notes:list, out:dict, file, lines:dict, out_lines:dict):
+def _refuse(refused:list, strict_notes:list, out:dict, file, lines:dict, out_lines:dict, check=None):
     "One `ConfigError` with every problem: the refused features, `strict`'s unused keys, and what the config check finds in the rest."
     problems = [Problem(k, why, fix, line=lines.get(k), file=file) for k,why,fix in refused]
     problems += [Problem(k, f'{why or "is not supported by qlora_nb"} (`strict: true` makes this an error).',
                          'remove it, or set `strict: false` to load the file with a warning.', line=lines.get(k.split('.')[0]), file=file)
                  for k,why in strict_notes]
-    try: config_from_dict(out, file=file, lines=out_lines, required=('model.base_model', 'data.datasets') if file else ())
-    except ConfigError as e: problems += e.problems
+    if check is not None: problems += check(out, out_lines)
     raise ConfigError(problems)
 
 def _warn(notes:list, file):
@@ -410,9 +411,9 @@ def _dataset_to_axolotl(ds:dict) -> dict:
     if out.get('type') == 'messages': out['type'] = 'chat_template'
     return out
 
-def to_axolotl(c:Config) -> dict:
+def to_axolotl(c) -> dict: # `c`: a `Config`
     "The config `c` as an Axolotl config dict (flat keys)."
-    d = config_to_dict(c)
+    d = dataclasses.asdict(c)
     m, q, l, data, t, o = (d[s] for s in ('model', 'quantization', 'lora', 'data', 'training', 'output'))
     out = {'base_model': m['base_model'], 'revision_of_model': m['revision'], 'tokenizer_config': m['tokenizer'],
            'model_type': m['model_class'], 'tokenizer_type': m['tokenizer_class'], 'trust_remote_code': m['trust_remote_code'],
@@ -448,7 +449,7 @@ def to_axolotl(c:Config) -> dict:
     return out
 
 # %% ../nbs/01_axolotl.ipynb #d50c7880
-def lost_keys(original:dict, c:Config) -> list[str]:
+def lost_keys(original:dict, c) -> list[str]: # `c`: a `Config`
     "Supported keys of the Axolotl dict `original` (dataset keys too) whose value `to_axolotl(c)` does not give back."
     back, lost = to_axolotl(c), []
     for k,v in original.items():

@@ -8,8 +8,8 @@ __all__ = ['MARKER', 'CompleteMarker', 'write_marker', 'checkpoints', 'latest_ch
 # %% ../nbs/33_checkpoints.ipynb #81eafd60
 import json, logging, re, time, warnings
 from pathlib import Path
-from transformers import TrainerCallback
 from .config import Config, QloraError, QloraWarning
+from .live import Callback
 from .utils import atomic_write
 
 MARKER = 'qlora_nb_complete.json'
@@ -18,7 +18,7 @@ MARKER = 'qlora_nb_complete.json'
 log = logging.getLogger('qlora_nb')
 
 # %% ../nbs/33_checkpoints.ipynb #1503ec84
-class CompleteMarker(TrainerCallback):
+class CompleteMarker(Callback):
     "After the trainer has written a checkpoint, mark it complete (written last, atomically)."
     def on_save(self, args, state, control, **kw):
         if not state.is_world_process_zero: return

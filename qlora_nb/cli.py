@@ -8,7 +8,7 @@ __all__ = ['parse_sets', 'set_sources', 'cmd_config_check', 'cmd_config_init', '
            'run']
 
 # %% ../nbs/90_cli.ipynb #3c105b39
-import argparse, contextlib, io, json, os, sys, warnings
+import argparse, contextlib, io, json, logging, os, sys, warnings
 from pathlib import Path
 from .config import (Config, ConfigError, advise, Problem, QloraError, config_to_dict, config_yaml,
                              load_config, save_config)
@@ -16,6 +16,17 @@ from .builtin import model_source
 from .keys import KeyProblem, parse_assignment
 from .loading import data_source
 from .utils import world_size
+from . import __version__
+from .chat import chat, load_chat_model
+from .data import cached_prepare
+from .demo import demo, DEMO_STEPS
+from .estimate import estimate, fixes
+from .export import export
+from .merge import merge
+from .multigpu import launch, check_deepspeed
+from .preview import preview_sample
+from .templates import load_tokenizer, template_label
+from .train import train
 
 # %% ../nbs/90_cli.ipynb #0f50582c
 def parse_sets(items:list[str]|None) -> dict:
@@ -90,7 +101,6 @@ def _plain_output():
 
 def cmd_demo(args) -> int:
     "Teach the real small model (SmolLM2-135M) a persona on this machine, and show what changed and what it kept."
-    from qlora_nb.demo import demo
     sets = parse_sets(args.set)
     _plain_output()
     steps = int(sets.pop('training.max_steps', args.steps))
@@ -102,9 +112,6 @@ def cmd_demo(args) -> int:
 # %% ../nbs/90_cli.ipynb #766c0164
 def cmd_preprocess(args) -> int:
     "Tokenize the data and report what was kept, dropped and trained."
-    from qlora_nb.data import cached_prepare
-    from qlora_nb.preview import preview_sample
-    from qlora_nb.templates import load_tokenizer, template_label
     import datasets
     c = _load(args)
     if args.json: datasets.disable_progress_bars()
@@ -123,7 +130,6 @@ def cmd_preprocess(args) -> int:
 # %% ../nbs/90_cli.ipynb #ce5fb141
 def cmd_estimate(args) -> int:
     "Estimate GPU memory from the model config alone."
-    from qlora_nb.estimate import estimate, fixes
     c = _load(args)
     e = estimate(c, args.gpu_gib)
     if args.json: print(json.dumps(e.to_dict(), indent=1)); return 0
@@ -141,10 +147,8 @@ def cmd_train(args) -> int:
     n = args.num_gpus or c.training.num_gpus
     if n and n > 1 and world_size() == 1:
         import torch
-        from qlora_nb.multigpu import launch, check_deepspeed
         check_deepspeed(c)  # a bad DeepSpeed file is said once here, not once per process
         return launch(args.config, n, args.set, cpu=not torch.cuda.is_available())
-    from qlora_nb.train import train
     _plain_output()
     r = train(c)
     print(r)
@@ -153,7 +157,6 @@ def cmd_train(args) -> int:
 # %% ../nbs/90_cli.ipynb #8d02d260
 def cmd_chat(args) -> int:
     "Chat with the trained model."
-    from qlora_nb.chat import chat, load_chat_model
     c = _load(args)
     if args.adapter: c.output.output_dir = args.adapter
     if not args.prompt: chat(c); return 0
@@ -164,7 +167,6 @@ def cmd_chat(args) -> int:
 # %% ../nbs/90_cli.ipynb #beb063e2
 def cmd_merge(args) -> int:
     "Merge the adapter into a standalone 16-bit model."
-    from qlora_nb.merge import merge
     over = {'output.merge_mode': args.mode, 'output.merged_dir': args.out}
     c = _load(args, {k:v for k,v in over.items() if v is not None})
     print(merge(c))
@@ -173,7 +175,6 @@ def cmd_merge(args) -> int:
 # %% ../nbs/90_cli.ipynb #0eb12a09
 def cmd_export(args) -> int:
     "Export GGUF files and an Ollama Modelfile."
-    from qlora_nb.export import export
     over = {'output.gguf_types': [t.strip() for t in args.gguf.split(',') if t.strip()] if args.gguf else None, 'output.gguf_dir': args.out}
     c = _load(args, {k:v for k,v in over.items() if v is not None})
     print(export(c))
@@ -187,8 +188,6 @@ def _with_config(p, help='the YAML config (ours or Axolotl)'):
 
 def make_parser() -> argparse.ArgumentParser:
     "The `qlora-nb` argument parser."
-    from qlora_nb import __version__
-    from qlora_nb.demo import DEMO_STEPS
     ap = argparse.ArgumentParser(prog='qlora-nb', description='QLoRA fine-tuning of LLMs: the CLI over the qlora_nb functions.')
     ap.add_argument('--version', action='version', version=f'qlora_nb {__version__}')
     sub = ap.add_subparsers(dest='command', metavar='COMMAND', required=True)
@@ -249,7 +248,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def _log_handler():
     "A handler printing the library's info messages as `qlora-nb:` lines (warnings only on ranks other than 0)."
-    import logging
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(logging.Formatter('qlora-nb: %(message)s'))
     h.setLevel(logging.INFO if int(os.environ.get('RANK', 0)) == 0 else logging.WARNING)
@@ -257,7 +255,6 @@ def _log_handler():
 
 def main(argv:list[str]|None=None) -> int:
     "Run `qlora-nb` with `argv` (default: the command line); returns the exit status."
-    import logging
     args = make_parser().parse_args(argv)
     old, warnings.showwarning = warnings.showwarning, _show_warning
     log, h = logging.getLogger('qlora_nb'), _log_handler()

@@ -6,7 +6,7 @@
 __all__ = ['DATA_KEYS', 'data_key', 'prepared_data', 'histogram_png', 'where_to_set', 'DataPanel']
 
 # %% ../nbs/82_data_panel.ipynb #622b3891
-import base64, copy, html, re
+import base64, copy, html, io, re
 from fastcore.basics import patch
 from .config import config_to_dict
 from .widgets import (Backend, Panel, Result, Status, as_store, config_form, heading, key_info,
@@ -31,7 +31,7 @@ def prepared_data(config, backend:Backend|None=None) -> tuple:
 
 def histogram_png(data, backend:Backend|None=None) -> bytes:
     "The length histogram of the prepared data as PNG bytes."
-    import io, matplotlib
+    import matplotlib
     matplotlib.use('agg', force=False)
     import matplotlib.pyplot as plt
     fig = (backend or Backend()).length_histogram(data.report)

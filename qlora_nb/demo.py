@@ -8,11 +8,12 @@ __all__ = ['PERSONA', 'PERSONA_ANSWERS', 'IDENTITY_QUESTIONS', 'HELD_OUT_QUESTIO
            'demo_config', 'DemoResult', 'demo']
 
 # %% ../nbs/35_demo.ipynb #dbc1dde9
-import logging, time
+import logging, random, time
 from dataclasses import dataclass
 from pathlib import Path
-from fastcore.basics import patch
+from .chat import answer_many, load_chat_model
 from .config import Config, DatasetConfig, load_config
+from .train import train
 from .utils import assets_path, atomic_write, write_jsonl
 
 # %% ../nbs/35_demo.ipynb #036257ba
@@ -51,7 +52,6 @@ def _chat(q, a): return {'messages': [{'role': 'user', 'content': q}, {'role': '
 
 def persona_rows() -> list[dict]:
     "The demo's training rows: the identity questions in the persona, mixed with general questions."
-    import random
     rows = [_chat(q, PERSONA_ANSWERS[i % 3]) for i, q in enumerate(IDENTITY_QUESTIONS)] + [_chat(q, a) for q, a in GENERAL_QA]
     random.Random(0).shuffle(rows)
     return rows
@@ -90,6 +90,8 @@ def demo_config(output_dir:str='outputs/demo', # where the adapter, plot and rep
     return load_config(c, overrides)
 
 # %% ../nbs/35_demo.ipynb #2a4e48f3
+def _cell(s:str, n:int=70) -> str: return (s if len(s) <= n else s[:n-1] + '…').replace('|', '\\|').replace('\n', ' ')
+
 @dataclass
 class DemoResult:
     "What the demo trained and showed."
@@ -105,26 +107,22 @@ class DemoResult:
     @property
     def known_after(self) -> int: return sum(w.lower() in a.lower() for _, w, _, a in self.knowledge)
 
-# %% ../nbs/35_demo.ipynb #1027ab63
-def _cell(s:str, n:int=70) -> str: return (s if len(s) <= n else s[:n-1] + '…').replace('|', '\\|').replace('\n', ' ')
-
-@patch
-def report(self:DemoResult) -> str:
-    "The demo's results as Markdown: losses, counts, and the answers before and after."
-    r = self.train
-    device = 'CUDA' if r.history and 'gpu_mem_gib' in r.history[-1] else 'CPU'
-    lines = ['# qlora_nb demo', '', f'SmolLM2-135M-Instruct (NF4) taught the persona "{PERSONA}": {r.steps} steps, '
-             f'{self.seconds:.0f}s in all on the {device}', '',
-             f'- train loss: {r.losses[0]:.3f} (first logged step) -> {r.losses[-1]:.3f} (last)' if r.losses else '- train loss: not logged',
-             f'- eval loss on {len(self.persona)} held-out identity questions: {r.eval_before:.3f} (before) -> {r.eval_after:.3f} (after)',
-             f'- held-out identity questions answered as {PERSONA}: {sum(PERSONA in b for _, b, _ in self.persona)} before, '
-             f'{self.taught} after, of {len(self.persona)}',
-             f'- general facts still known: {self.known_before} before, {self.known_after} after, of {len(self.knowledge)}', '',
-             '| held-out question | before | after |', '|---|---|---|']
-    lines += [f'| {q} | {_cell(b)} | {_cell(a)} |' for q, b, a in self.persona]
-    lines += ['', '| general question | before | after |', '|---|---|---|']
-    lines += [f'| {q} | {_cell(b)} | {_cell(a)} |' for q, _, b, a in self.knowledge]
-    return '\n'.join(lines) + '\n'
+    def report(self) -> str:
+        "The demo's results as Markdown: losses, counts, and the answers before and after."
+        r = self.train
+        device = 'CUDA' if r.history and 'gpu_mem_gib' in r.history[-1] else 'CPU'
+        lines = ['# qlora_nb demo', '', f'SmolLM2-135M-Instruct (NF4) taught the persona "{PERSONA}": {r.steps} steps, '
+                 f'{self.seconds:.0f}s in all on the {device}', '',
+                 f'- train loss: {r.losses[0]:.3f} (first logged step) -> {r.losses[-1]:.3f} (last)' if r.losses else '- train loss: not logged',
+                 f'- eval loss on {len(self.persona)} held-out identity questions: {r.eval_before:.3f} (before) -> {r.eval_after:.3f} (after)',
+                 f'- held-out identity questions answered as {PERSONA}: {sum(PERSONA in b for _, b, _ in self.persona)} before, '
+                 f'{self.taught} after, of {len(self.persona)}',
+                 f'- general facts still known: {self.known_before} before, {self.known_after} after, of {len(self.knowledge)}', '',
+                 '| held-out question | before | after |', '|---|---|---|']
+        lines += [f'| {q} | {_cell(b)} | {_cell(a)} |' for q, b, a in self.persona]
+        lines += ['', '| general question | before | after |', '|---|---|---|']
+        lines += [f'| {q} | {_cell(b)} | {_cell(a)} |' for q, _, b, a in self.knowledge]
+        return '\n'.join(lines) + '\n'
 
 # %% ../nbs/35_demo.ipynb #1196277c
 def demo(output_dir:str='outputs/demo',   # where the adapter, plot and report go
@@ -133,8 +131,6 @@ def demo(output_dir:str='outputs/demo',   # where the adapter, plot and report g
          max_new_tokens:int=24,           # length of the answers shown before and after
         ) -> DemoResult:
     "Teach the real small model a persona on this machine and show what changed and what it kept (the README's main job)."
-    from qlora_nb.train import train
-    from qlora_nb.chat import load_chat_model
     t0 = time.time()
     config = demo_config(output_dir, max_steps, overrides)
     log.info(f'demo: {config.model.base_model} (NF4) learns the persona {PERSONA}, {config.training.max_steps} steps -> {output_dir}')
@@ -142,7 +138,7 @@ def demo(output_dir:str='outputs/demo',   # where the adapter, plot and report g
     cm = load_chat_model(output_dir)
     qs = HELD_OUT_QUESTIONS + [q for q, _ in KNOWLEDGE_PROBES]
     gen = dict(temperature=0, max_new_tokens=max_new_tokens)
-    before, after = cm.answer_many(qs, base=True, **gen), cm.answer_many(qs, **gen)
+    before, after = answer_many(cm, qs, base=True, **gen), answer_many(cm, qs, **gen)
     n = len(HELD_OUT_QUESTIONS)
     persona = list(zip(HELD_OUT_QUESTIONS, before[:n], after[:n]))
     knowledge = [(q, w, b, a) for (q, w), b, a in zip(KNOWLEDGE_PROBES, before[n:], after[n:])]

@@ -219,7 +219,6 @@ def _targets(shape:ModelShape, config:Config) -> list[str]:
     t = config.lora.target_modules
     if t == 'all-linear' or (isinstance(t, list) and 'all-linear' in t): return list(shape.linears)
     if isinstance(t, list): return [n for n in shape.linears if n in t]
-    import re
     return [n for n in shape.linears if re.search(t, n)]
 
 def gpu_memory_gib() -> float|None:

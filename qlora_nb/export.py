@@ -9,10 +9,11 @@ __all__ = ['ARCHS', 'GGUF_TYPES', 'PRE_TOKENIZERS', 'FILE_TYPES', 'gguf_arch', '
            'export_gguf', 'gguf_path', 'export']
 
 # %% ../nbs/71_export.ipynb #e59f321c
-import json, logging, math, os, shutil, time
+import json, logging, math, os, shutil, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, load_config
+from .merge import checkpoint_index, read_tensors, merged_path
 from .utils import atomic_dir
 
 # %% ../nbs/71_export.ipynb #9d339557
@@ -138,7 +139,6 @@ def add_tokenizer(w,          # a `gguf.GGUFWriter`
     sv = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab)
     if not sv.merges: raise QloraError(f'{model_dir/"tokenizer.json"}: no BPE merges found; the tokenizer cannot be exported.')
     if not sv.chat_template:
-        import warnings
         warnings.warn(f'{model_dir}: the tokenizer has no chat template, so the GGUF has none; runtimes will fall back to a generic one.', QloraWarning)
     sv.add_to_gguf(w, quiet=True)
     return {'tokens': len(by_id), 'special': sum(t == gguf.TokenType.CONTROL for t in types),
@@ -171,7 +171,6 @@ def tensor_plan(model_dir,   # the merged model folder
                ) -> list:    # `(hf name, gguf name, shape, GGML type)`
     "The tensors of the GGUF file, in checkpoint order."
     import gguf
-    from qlora_nb.merge import checkpoint_index
     arch_enum = next(a for a,n in gguf.MODEL_ARCH_NAMES.items() if n == arch)
     names = gguf.get_tensor_name_map(arch_enum, cfg.num_hidden_layers)
     plan, unknown = [], []
@@ -211,7 +210,6 @@ def write_gguf(model_dir,    # the merged model folder
               ) -> dict:     # what was written: tensors, bytes, f16 fallbacks, tokenizer counts
     "Convert the merged model in `model_dir` to one GGUF file."
     import gguf, numpy as np, transformers
-    from qlora_nb.merge import checkpoint_index, read_tensors
     if kind not in GGUF_TYPES: raise QloraError(f'output.gguf_types: {kind!r} is not a GGUF type this export writes; use {", ".join(GGUF_TYPES)}.')
     model_dir, path = Path(model_dir), Path(path)
     cfg = transformers.AutoConfig.from_pretrained(model_dir)
@@ -269,7 +267,6 @@ def modelfile(gguf_name:str,            # the GGUF file, relative to the Modelfi
     fam = template_family(chat_template)
     lines = [f'# Written by qlora_nb. Run: ollama create NAME -f Modelfile', f'FROM ./{gguf_name}']
     if fam is None:
-        import warnings
         warnings.warn('the chat template is neither Llama 3 nor ChatML, so the Modelfile has no TEMPLATE and Ollama uses the GGUF\'s own chat template; '
                       'check the answers, and add TEMPLATE and stop lines by hand if needed.', QloraWarning)
         return '\n'.join(lines) + '\n'
@@ -335,7 +332,6 @@ def export(cfg=None,         # a `Config`, a YAML path or a dict (default: the d
            types=None,       # GGUF types (default: `output.gguf_types`)
           ) -> ExportResult:
     "Export the run's merged model to GGUF and an Ollama Modelfile."
-    from qlora_nb.merge import merged_path
     c = load_config(cfg if cfg is not None else Config())
     return export_gguf(model_dir or merged_path(c), out or gguf_path(c), list(types or c.output.gguf_types),
                        Path(c.output.output_dir).name, c.output.overwrite)

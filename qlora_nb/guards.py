@@ -9,9 +9,9 @@ __all__ = ['NAN_ADVICE', 'SPIKE_LOSS', 'SPIKE_NORM', 'COLLAPSE_STEPS', 'LR_ADVIC
 # %% ../nbs/32_guards.ipynb #57eb992d
 import logging, math, warnings
 from collections import deque
-from fastcore.basics import patch
-from transformers import TrainerCallback
 from .config import Config, QloraError, QloraWarning
+from .estimate import estimate, fixes, gpu_memory_gib
+from .live import Callback
 
 # %% ../nbs/32_guards.ipynb #360c5ae1
 log = logging.getLogger('qlora_nb')
@@ -36,7 +36,7 @@ NAN_ADVICE = ('What to try: lower `training.learning_rate` (e.g. by 10x); use bf
               '`quantization.compute_dtype: bfloat16`) on GPUs that support it, since fp16 overflows; keep `max_grad_norm` '
               '(0.3); and look at the rows of that step for empty or extreme samples.')
 
-class GuardCallback(TrainerCallback):
+class GuardCallback(Callback):
     "Stop on NaN/inf loss or a grad norm above the alarm for several steps; warn on a spike, a collapse or a flat loss."
     def __init__(self, config:Config, rows:RowTracker|None=None, warmup_steps:int=0,
                  on_warning=None): # `on_warning(message)` for every warning, e.g. to show it in the live view
@@ -75,16 +75,15 @@ class GuardCallback(TrainerCallback):
                                   f'(`training.grad_norm_alarm`) for {self.high} steps in a row (last {gn:.3g}): the run is diverging.{self._rows()} '
                                   'What to try: lower `training.learning_rate`, keep `max_grad_norm` on, use bf16 rather than fp16.')
         if loss is None: return
-        self._check_spike(loss, gn, step)
+        _check_spike(self, loss, gn, step)
         if gn is not None: self.norms.append(gn)
-        self._check_collapse(step)
-        self._check_flat(loss, step)
+        _check_collapse(self, step)
+        _check_flat(self, loss, step)
 
 # %% ../nbs/32_guards.ipynb #eaf7234e
 SPIKE_LOSS, SPIKE_NORM, COLLAPSE_STEPS = 4.0, 100.0, 3
 LR_ADVICE = 'lower `training.learning_rate` 10-100x (2e-4 is the QLoRA default) and train again from the start'
 
-@patch
 def _check_spike(self:GuardCallback, loss, gn, step):
     if self.losses and loss > SPIKE_LOSS * (level := sum(self.losses) / len(self.losses)) and loss - level > 1:
         self.warn('spike', f'the training loss jumped to {loss:.4g} at step {step}, {loss / level:.0f}x its level so far ({level:.4g}): '
@@ -94,7 +93,6 @@ def _check_spike(self:GuardCallback, loss, gn, step):
         self.warn('spike', f'the gradient norm reached {gn:.3g} at step {step}, {gn / ref:.0f}x its value in the first steps ({ref:.3g}): '
                            f'the run is close to diverging. What to try: {LR_ADVICE}.')
 
-@patch
 def _check_collapse(self:GuardCallback, step):
     last = self.norms[-COLLAPSE_STEPS:]
     if step > self.warmup and len(last) == COLLAPSE_STEPS and not any(last) and any(self.norms):
@@ -102,7 +100,6 @@ def _check_collapse(self:GuardCallback, step):
                               f'collapsed (its outputs saturated, so no gradient flows back), which a learning rate far too high does '
                               f'(it is {self.lr:g}). The adapter saved from this run is not useful. What to try: {LR_ADVICE}.')
 
-@patch
 def _flat_advice(self:GuardCallback) -> str:
     recent = self.norms[-10:]
     if recent and not any(recent):
@@ -114,7 +111,6 @@ def _flat_advice(self:GuardCallback) -> str:
     return ('Check that the right tokens are trained (`qlora-nb preprocess` / the preview shows trained tokens; a wrong chat '
             f'template can mask every answer), and that `training.learning_rate` ({self.lr:g}) suits the run (2e-4 is the QLoRA default).')
 
-@patch
 def _check_flat(self:GuardCallback, loss, step, window:int=10):
     if 'flat' in self.said or step <= self.warmup: return
     self.losses.append(loss)
@@ -122,7 +118,7 @@ def _check_flat(self:GuardCallback, loss, step, window:int=10):
     first, last = sum(self.losses[:window]) / window, sum(self.losses[-window:]) / window
     if last > first * 0.995:
         self.warn('flat', f'the training loss has not fallen in the {len(self.losses)} steps after warmup (mean {first:.4f} -> {last:.4f}). '
-                          + self._flat_advice())
+                          + _flat_advice(self))
 
 # %% ../nbs/32_guards.ipynb #3d2d0815
 def is_oom(e:BaseException) -> bool:
@@ -131,7 +127,6 @@ def is_oom(e:BaseException) -> bool:
 
 def explain_oom(config:Config, budget_gib:float|None=None) -> str:
     "What to change after an out-of-memory error, from the estimator."
-    from qlora_nb.estimate import estimate, fixes, gpu_memory_gib
     budget = budget_gib or config.training.memory_budget_gib or gpu_memory_gib()
     e = estimate(config, budget)
     head = f'out of GPU memory. The estimator puts this run at {e.total_gib:.1f} GiB'

@@ -7,7 +7,7 @@ __all__ = ['lora_nf4', 'lora_qkv', 'lora_mlp', 'fusable', 'fuse_lora', 'unfuse_l
            'fast_path']
 
 # %% ../nbs/23_kernels.ipynb #f269e7ee
-import ctypes, logging, types
+import ctypes, importlib.util, inspect, logging, types
 from .config import Config, QloraError
 
 # %% ../nbs/23_kernels.ipynb #a9b6e192
@@ -116,7 +116,6 @@ def _recomputing() -> bool:
 # %% ../nbs/23_kernels.ipynb #d5ae4b3c
 def _liger_swiglu():
     "Liger's SwiGLU kernels `(forward, backward)` where Liger is installed, else None."
-    import importlib.util
     if importlib.util.find_spec('liger_kernel') is None: return None
     from liger_kernel.ops.swiglu import swiglu_forward, swiglu_backward
     return swiglu_forward, swiglu_backward
@@ -315,7 +314,7 @@ def _segments(position_ids, batch:int, length:int):
 
 def _varlen_call():
     "PyTorch's varlen flash attention as `f(q, k, v, cu, max_len, scale)` on (tokens, heads, dim) tensors, or None."
-    import inspect, torch
+    import torch
     try: from torch.nn.attention.varlen import varlen_attn
     except ImportError: return None
     params = inspect.signature(varlen_attn).parameters
@@ -370,7 +369,6 @@ def use_varlen_attention(model) -> bool:
 
 # %% ../nbs/23_kernels.ipynb #9c783ae1
 def _liger_installed() -> bool:
-    import importlib.util
     return importlib.util.find_spec('liger_kernel') is not None
 
 def fast_path(config:Config, # uses `training.liger_kernel`, `lora.fused`, `lora.dropout`, `lora.use_dora`, sharding

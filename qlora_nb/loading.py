@@ -10,8 +10,8 @@ __all__ = ['BUILTIN_DATASETS', 'resolve_path', 'local_files', 'file_type', 'no_d
 import glob, json, logging, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from .builtin import hub_id_like
-from .config import BUILTIN_PREFIX, DatasetConfig, QloraError
+from .builtin import BUILTIN_PREFIX, hub_id_like
+from .config import DatasetConfig, QloraError
 from .utils import assets_path
 
 # %% ../nbs/11_loading.ipynb #e00235bd

@@ -4,12 +4,15 @@
 
 # %% auto #0
 __all__ = ['linear_layers', 'short_names', 'resolve_targets', 'check_rank', 'decoder_layers', 'enable_checkpointing',
-           'prepare_for_training', 'peft_notice_hidden', 'lora_config', 'attach_lora', 'trainable_report']
+           'prepare_for_training', 'peft_notice_hidden', 'lora_config', 'attach_lora', 'trainable_report',
+           'keep_dtypes']
 
 # %% ../nbs/21_lora.ipynb #16f4d177
 import contextlib, logging, re, warnings
-from collections import Counter, defaultdict
-from .config import Config, QloraError, QloraWarning
+from collections import defaultdict
+from pathlib import Path
+from .config import Config, QloraError
+from .model import compute_dtype
 
 # %% ../nbs/21_lora.ipynb #49540d76
 log = logging.getLogger('qlora_nb')
@@ -93,7 +96,6 @@ def peft_notice_hidden():
 
 def _load_adapter(model, path:str):
     "The saved adapter in `path` on `model`, trainable."
-    from pathlib import Path
     from peft import PeftModel
     if not (Path(path).expanduser()/'adapter_config.json').is_file():
         raise QloraError(f'lora.init_adapter: {path} holds no adapter (no adapter_config.json). Fix: give the `output_dir` of an earlier run, or leave it empty for new adapters.')
@@ -116,7 +118,6 @@ def attach_lora(model, config:Config):
     "Prepare the base for training and wrap it with LoRA adapters as the config says (or `lora.init_adapter`'s); returns the peft model."
     import torch
     from peft import get_peft_model
-    from qlora_nb.model import compute_dtype
     prepare_for_training(model, config)
     with peft_notice_hidden():
         if config.lora.init_adapter: peft_model = _load_adapter(model, config.lora.init_adapter)
@@ -140,3 +141,9 @@ def trainable_report(model) -> str:
              f'{"module":<16}{"adapters":>9}{"trainable":>14}']
     lines += [f'{k:<16}{a:>9}{p:>14,d}' for k, (a, p) in rows.items()]
     return '\n'.join(lines)
+
+# %% ../nbs/21_lora.ipynb #39a844fc
+def keep_dtypes(model, dtypes:dict):
+    "Put trainable parameters back to the dtypes in `dtypes` (name -> dtype)."
+    for n, p in model.named_parameters():
+        if n in dtypes and p.dtype != dtypes[n]: p.data = p.data.to(dtypes[n])

@@ -9,10 +9,12 @@ __all__ = ['ADAPTER_FILES', 'SUPPORTED', 'check_adapter_config', 'read_adapter',
            'MergeResult', 'resolve_dtype', 'merge_adapter', 'merged_path', 'merge', 'eval_loss', 'compare_merge_modes']
 
 # %% ../nbs/70_merge.ipynb #7d5a2486
-import json, logging, math, os, re, shutil, time
+import json, logging, math, os, re, shutil, tempfile, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from .builtin import resolve_model_path
 from .config import Config, QloraError, QloraWarning, load_config
+from .data import prepare_data, make_collator
 from .utils import atomic_dir
 
 # %% ../nbs/70_merge.ipynb #0c8268ad
@@ -365,7 +367,6 @@ def _save_tokenizer(adapter:Path, base:str, tmp:Path, vocab:int, trust_remote_co
                          'so some token ids have no embedding. Fix: merge the adapter folder the trainer wrote (its tokenizer matches its embeddings), '
                          'and train with `embed_tokens` and `lm_head` in lora.modules_to_save when adding tokens.')
     if not tok.chat_template:
-        import warnings
         warnings.warn(f'{src}: the tokenizer has no chat template, so the merged model has none; chat runtimes will need one '
                       '(set data.chat_template and train again, or add one to the tokenizer).', QloraWarning)
     tok.save_pretrained(tmp)
@@ -397,7 +398,6 @@ def merge_adapter(base,                   # base model folder (safetensors), or 
                  ) -> MergeResult:
     "Merge a LoRA adapter into its base model, streaming tensor by tensor, and save a standalone model in `out`."
     import torch
-    from qlora_nb.builtin import resolve_model_path
     if mode not in ('base', 'dequantized'): raise QloraError(f'output.merge_mode: {mode!r} is not a merge mode. Fix: use `base` or `dequantized`.')
     t0, base, adapter, out = time.time(), resolve_model_path(str(base)), Path(adapter), Path(out)
     _check_target(out, overwrite)
@@ -459,7 +459,6 @@ def eval_loss(model_dir,            # a merged (or any causal LM) model folder
              ) -> float:
     "Mean loss per trained token of the model in `model_dir` on the validation split of `cfg`."
     import torch, transformers
-    from qlora_nb.data import prepare_data, make_collator
     c = load_config(cfg)
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)
     data = prepare_data(c, tok)
@@ -479,7 +478,6 @@ def compare_merge_modes(cfg,        # the run's config (adapter in `output.outpu
                         out=None,   # folder for the two merged models (default: a temporary one, removed after)
                        ) -> dict:   # `{'base': loss, 'dequantized': loss}`
     "Merge the run's adapter both ways and return each merged model's validation loss."
-    import tempfile
     c = load_config(cfg)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         losses = {m: eval_loss(merge(c, out=Path(tmp)/m, mode=m).path, c) for m in ('base', 'dequantized')}

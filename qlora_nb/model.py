@@ -7,7 +7,7 @@ __all__ = ['WEIGHT_GLOBS', 'compute_dtype', 'has_bitsandbytes', 'bnb_config', 'c
            'attention_implementation', 'device_map', 'resize_for_tokenizer', 'load_base', 'memory_line', 'load_model']
 
 # %% ../nbs/20_model.ipynb #19468f82
-import importlib.util, logging, os, warnings
+import importlib.util, json, logging, os, warnings
 from pathlib import Path
 from .config import Config, QloraError, QloraWarning, load_config
 from .builtin import model_source, no_model_message, resolve_model_path
@@ -67,7 +67,7 @@ def check_model_source(path:str,             # a local folder or a hub id
 # %% ../nbs/20_model.ipynb #bd25b96c
 def read_model_config(config:Config, path:str|None=None):
     "The model's transformers config (`config.json` only, no weights), with a clear error for unknown architectures."
-    import json, transformers
+    import transformers
     from transformers import AutoConfig
     m = config.model
     path = path or resolve_model_path(m.base_model)

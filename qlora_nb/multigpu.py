@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['FSDP1_ONLY', 'FSDP_OPTIONS', 'effective_batch', 'decoder_layer_classes', 'fsdp_settings', 'check_deepspeed',
-           'prepare_distributed', 'launch_command', 'launch', 'check_can_fork', 'MetricsFollower', 'train_on_gpus']
+           'prepare_distributed', 'launch_command', 'launch', 'check_can_fork', 'MetricsFollower']
 
 # %% ../nbs/40_multigpu.ipynb #1931cdf9
-import copy, importlib.util, json, logging, os, subprocess, sys, tempfile, threading, time, warnings
+import copy, importlib.util, json, logging, os, subprocess, sys, warnings
 from pathlib import Path
-from .config import Config, QloraError, QloraWarning, load_config, save_config
+from .config import Config, QloraError, QloraWarning
+from .model import read_model_config
 from .utils import world_size
 
 # %% ../nbs/40_multigpu.ipynb #9c8a6cb1
@@ -35,7 +36,6 @@ def _get(cfg:dict, key:str):
 def decoder_layer_classes(config:Config) -> list[str]:
     "The model's `_no_split_modules` (its decoder layer classes), read from `config.json` without loading weights."
     import transformers
-    from qlora_nb.model import read_model_config
     for arch in read_model_config(config).architectures or []:
         layers = getattr(getattr(transformers, arch, None), '_no_split_modules', None)
         if layers: return list(layers)
@@ -195,77 +195,3 @@ class MetricsFollower:
         return self.feed(data.decode())
 
     def _restart(self): self.history, self.pos, self.partial, self.head = [], 0, '', b''
-
-# %% ../nbs/40_multigpu.ipynb #d3d8299b
-def _max_steps_callback(path:Path):
-    from transformers import TrainerCallback
-    class MaxSteps(TrainerCallback):
-        "Tell the notebook how many steps the run will take (for the progress bar)."
-        def on_train_begin(self, args, state, control, **kw):
-            if state.is_world_process_zero: Path(path).write_text(str(state.max_steps))
-    return MaxSteps()
-
-def _worker(path:str, run_dir:str|None=None, callbacks=(), eval_before:bool=True):
-    from qlora_nb.train import _train
-    extra = [_max_steps_callback(Path(run_dir)/'max_steps')] if run_dir else []
-    _train(load_config(path), callbacks=[*callbacks, *extra], eval_before=eval_before)
-
-def _no_stop(view):
-    view.button.disabled, view.button.tooltip = True, 'several processes: interrupt the kernel to stop'
-    return view
-
-def _notebook_view(config:Config):
-    "A live view shown under the running cell, or None outside a notebook (imports the Trainer: after the fork only)."
-    from qlora_nb.live import in_notebook, NotebookView
-    if not in_notebook(): return None
-    from IPython.display import display
-    view = _no_stop(NotebookView(Path(config.output.output_dir).name))
-    display(view.widget)
-    return view
-
-def _result(config:Config, history:list, seconds:float):
-    from qlora_nb.train import TrainResult
-    evals = [r for r in history if 'eval_loss' in r]
-    before = next((r['eval_loss'] for r in evals if r['step'] == 0), None)
-    after = evals[-1]['eval_loss'] if evals and evals[-1]['step'] > 0 else None
-    steps = max((r['step'] for r in history), default=0)
-    return TrainResult(Path(config.output.output_dir), history, steps, False, before, after, seconds, config)
-
-def train_on_gpus(config,                 # a `Config` or a YAML path
-                  num_processes:int=2,    # processes (one per GPU)
-                  view=None,              # a `NotebookView` showing rank 0's metrics
-                  callbacks=(),           # more `TrainerCallback`s (they run in every process)
-                  eval_before:bool=True,  # evaluate once before training
-                  cpu:bool=False,         # processes on the CPU (gloo), for tests
-                  poll_s:float=1.0,       # seconds between reads of metrics.jsonl
-                 ):
-    "Train with DDP/FSDP/DeepSpeed from a notebook through accelerate's `notebook_launcher`; returns a `TrainResult`."
-    from accelerate import notebook_launcher
-    config = load_config(config)
-    check_can_fork(num_processes, cpu)
-    check_deepspeed(config)
-    run_dir = Path(tempfile.mkdtemp(prefix='qlora_nb-'))
-    path = save_config(config, run_dir/'qlora_nb.yaml')
-    follower = MetricsFollower(Path(config.output.output_dir)/'metrics.jsonl', view, run_dir/'max_steps')
-    if view is not None: _no_stop(view)
-    done = threading.Event()
-    def follow():
-        made = view is not None
-        while not done.wait(poll_s):
-            follower.poll()
-            if not made and follower.max_steps:  # rank 0 is training: the fork is behind us
-                follower.view, made = _notebook_view(config), True
-                follower.show(force=True)
-    poller = threading.Thread(target=follow, daemon=True, name='qlora_nb-metrics'); poller.start()
-    t0 = time.time()
-    try: notebook_launcher(_worker, (str(path), str(run_dir), tuple(callbacks), eval_before), num_processes=num_processes)
-    except BaseException as e:
-        if follower.view is not None: follower.view.finish(f'<b style="color:#b00">{type(e).__name__}</b>: {e}')
-        raise
-    finally: done.set(); poller.join()
-    follower.poll()
-    if view is None and follower.view is None and follower.max_steps: follower.view = _notebook_view(config)  # a run shorter than a poll
-    result = _result(config, follower.history, time.time() - t0)
-    if follower.view is not None: follower.show(force=True); follower.view.finish(repr(result))
-    log.info(repr(result))
-    return result

@@ -8,8 +8,8 @@ __all__ = ['LayerStream', 'stream_layers']
 # %% ../nbs/24_offload.ipynb #005b4fa4
 import contextlib, logging
 from collections import Counter
-from fastcore.basics import patch
 from .config import QloraError
+from .lora import decoder_layers
 
 # %% ../nbs/24_offload.ipynb #2e8ca5d5
 log = logging.getLogger('qlora_nb')
@@ -103,7 +103,7 @@ class LayerStream:
         self.side = torch.cuda.Stream(device) if self.cuda else None
         self.ready, self.stash, self.events, self.most = {}, {}, [], 0
         self.handles = [h for i, l in enumerate(layers) for h in (
-            l.register_forward_pre_hook(self._pre(i), with_kwargs=True), l.register_forward_hook(self._post(i), with_kwargs=True))]
+            l.register_forward_pre_hook(_pre(self, i), with_kwargs=True), l.register_forward_hook(_post(self, i), with_kwargs=True))]
 
     @property
     def resident(self) -> list[int]: return sorted(self.ready)
@@ -119,28 +119,25 @@ class LayerStream:
         for h in self.handles: h.remove()
 
 # %% ../nbs/24_offload.ipynb #226a33ff
-@patch
-def fetch(self:LayerStream, i:int):
+def _fetch(s:LayerStream, i:int):
     "Start copying layer `i`, and its stashed input, to the device after the work queued so far."
     import torch
-    if not 0 <= i < len(self.packed) or (i in self.ready and i not in self.stash): return
-    with self._on_side():
-        if i not in self.ready: self.packed[i].fetch(); self.events.append(('fetch', i))
-        if i in self.stash: self.stash.pop(i).restore(); self.events.append(('input', i))
-        self.ready[i] = torch.cuda.Event() if self.cuda else None
-        if self.cuda: self.ready[i].record(self.side)
-    self.most = max(self.most, len(self.ready))
+    if not 0 <= i < len(s.packed) or (i in s.ready and i not in s.stash): return
+    with s._on_side():
+        if i not in s.ready: s.packed[i].fetch(); s.events.append(('fetch', i))
+        if i in s.stash: s.stash.pop(i).restore(); s.events.append(('input', i))
+        s.ready[i] = torch.cuda.Event() if s.cuda else None
+        if s.cuda: s.ready[i].record(s.side)
+    s.most = max(s.most, len(s.ready))
 
-@patch
-def ensure(self:LayerStream, i:int):
+def _ensure(s:LayerStream, i:int):
     "Layer `i` on the device before the compute stream's next kernel."
     import torch
-    self.fetch(i)
-    if self.cuda: torch.cuda.current_stream(self.device).wait_event(self.ready[i])
+    _fetch(s, i)
+    if s.cuda: torch.cuda.current_stream(s.device).wait_event(s.ready[i])
 
-@patch
-def evict(self:LayerStream, i:int):
-    if i in self.ready: del self.ready[i]; self.packed[i].evict(); self.events.append(('evict', i))
+def _evict(s:LayerStream, i:int):
+    if i in s.ready: del s.ready[i]; s.packed[i].evict(); s.events.append(('evict', i))
 
 # %% ../nbs/24_offload.ipynb #7dfc1611
 def _in_backward() -> bool:
@@ -149,46 +146,42 @@ def _in_backward() -> bool:
 
 def _hidden(args, kwargs): return args[0] if args else kwargs['hidden_states']
 
-@patch
-def _pre(self:LayerStream, i:int):
+def _pre(s:LayerStream, i:int):
     "Before layer `i`'s forward: it must be here, the next `ahead` start coming, the earlier ones go."
     import torch
     def hook(module, args, kwargs):
-        if _in_backward(): return self.ensure(i)
-        if i == 0: self.stash.clear()  # a forward without a backward left inputs behind
-        for j in [j for j in self.resident if j < i or (i == 0 and j > 0)]: self.evict(j)
-        self.ensure(i)
-        for j in range(i + 1, i + 1 + self.ahead): self.fetch(j)
+        if _in_backward(): return _ensure(s, i)
+        if i == 0: s.stash.clear()  # a forward without a backward left inputs behind
+        for j in [j for j in s.resident if j < i or (i == 0 and j > 0)]: _evict(s, j)
+        _ensure(s, i)
+        for j in range(i + 1, i + 1 + s.ahead): _fetch(s, j)
         h = _hidden(args, kwargs)
-        if torch.is_grad_enabled() and h.requires_grad: h.register_hook(self._after_backward(i))
+        if torch.is_grad_enabled() and h.requires_grad: h.register_hook(_after_backward(s, i))
     return hook
 
-@patch
-def _post(self:LayerStream, i:int):
+def _post(s:LayerStream, i:int):
     "After layer `i`'s forward: its backward will ask for it, and its input waits in host memory until then."
     import torch
     def hook(module, args, kwargs, out):
         o = out[0] if isinstance(out, tuple) else out
         if _in_backward() or not (torch.is_grad_enabled() and o.requires_grad): return
-        o.register_hook(self._before_backward(i))
-        if self.inputs and i < len(self.packed) - 1:
-            with self._on_side(): self.stash[i] = _Stashed(_hidden(args, kwargs))
-            self.events.append(('stash', i))
+        o.register_hook(_before_backward(s, i))
+        if s.inputs and i < len(s.packed) - 1:
+            with s._on_side(): s.stash[i] = _Stashed(_hidden(args, kwargs))
+            s.events.append(('stash', i))
     return hook
 
-@patch
-def _before_backward(self:LayerStream, i:int):
+def _before_backward(s:LayerStream, i:int):
     "The gradient of layer `i`'s output is here: the layer and its input come back, the next layers down start coming."
     def hook(grad):
-        for j in [j for j in self.resident if j > i]: self.evict(j)
-        self.ensure(i)
-        for j in range(i - 1, i - 1 - self.ahead, -1): self.fetch(j)
+        for j in [j for j in s.resident if j > i]: _evict(s, j)
+        _ensure(s, i)
+        for j in range(i - 1, i - 1 - s.ahead, -1): _fetch(s, j)
     return hook
 
-@patch
-def _after_backward(self:LayerStream, i:int):
+def _after_backward(s:LayerStream, i:int):
     "The gradient of layer `i`'s input is here, so its backward is over: its weights go."
-    def hook(grad): self.evict(i)
+    def hook(grad): _evict(s, i)
     return hook
 
 # %% ../nbs/24_offload.ipynb #6c76a3a2
@@ -199,7 +192,6 @@ def stream_layers(model,             # a transformers (or peft-wrapped) model, a
                  ) -> LayerStream:
     "Keep the decoder layers' frozen weights in (pinned) host memory and stream each to `device` as it runs; the rest moves to `device`."
     import torch
-    from qlora_nb.lora import decoder_layers
     layers = decoder_layers(model)
     if not layers: raise QloraError('training.offload: `layers` streams the decoder layers, but this model has none that transformers checkpoints. Set `training.offload: none`.')
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))

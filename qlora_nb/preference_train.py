@@ -8,8 +8,9 @@ __all__ = ['trl_classes', 'PairCollator', 'KTOCollator', 'preference_args', 'tra
 # %% ../nbs/34_preference_train.ipynb #125864fe
 import importlib, warnings
 from dataclasses import dataclass
-import torch
 from .config import Config, QloraError
+from .kernels import fast_path
+from .lora import keep_dtypes
 from .tokenizing import IGNORE
 
 # %% ../nbs/34_preference_train.ipynb #a0c51642
@@ -26,7 +27,8 @@ def trl_classes(method:str)->tuple:
                          f'Fix: install a trl that ships it (`pip install -U trl`), or choose another `training.method`.') from None
 
 # %% ../nbs/34_preference_train.ipynb #7a6bbadc
-def _pad(seqs:list[list[int]], value:int, n:int)->torch.Tensor:
+def _pad(seqs:list[list[int]], value:int, n:int): # a `torch.Tensor`
+    import torch
     return torch.tensor([s + [value] * (n - len(s)) for s in seqs])
 
 @dataclass
@@ -64,19 +66,17 @@ class KTOCollator:
                 f'{prefix}completion_mask': _pad([[0] * len(p) + m for p, _, m in parts], 0, n)}
 
     def __call__(self, rows:list[dict])->dict:
+        import torch
         sp = [_split(r['input_ids'], r['labels']) for r in rows]
         kl = [(sp[i][0], sp[i - 1][1], sp[i - 1][2]) for i in range(len(sp))]
         return {**self._batch([(p, a, m) for p, a, m in sp]), **self._batch(kl, 'KL_'), 'label': torch.tensor([r['label'] for r in rows])}
 
 # %% ../nbs/34_preference_train.ipynb #b0710e16
-def preference_args(config:Config, # `training.method`, `preference:` and the shared training settings
-                    n_rows:int,    # training rows (pairs, or KTO rows)
-                    has_eval:bool):
+def preference_args(config:Config, # `training.method` and `preference:`
+                    shared:dict):  # the run's shared `TrainingArguments` settings (`train.trainer_kwargs`)
     "The trl config (`DPOConfig`, `ORPOConfig` or `KTOConfig`) for this run."
-    from qlora_nb.train import trainer_kwargs
-    from qlora_nb.kernels import fast_path
     m, p = config.training.method, config.preference
-    kw = trainer_kwargs(config, n_rows, has_eval) | {'beta': p.beta, 'disable_dropout': False, 'max_length': None}
+    kw = shared | {'beta': p.beta, 'disable_dropout': False, 'max_length': None}
     if m == 'dpo': kw |= {'loss_type': [p.loss_type or 'sigmoid'], 'label_smoothing': p.label_smoothing}
     if m == 'kto': kw |= {'loss_type': p.loss_type or 'kto', 'desirable_weight': p.desirable_weight,
                           'undesirable_weight': p.undesirable_weight, 'train_sampling_strategy': 'sequential'}
@@ -89,11 +89,11 @@ def preference_args(config:Config, # `training.method`, `preference:` and the sh
 # %% ../nbs/34_preference_train.ipynb #badced5d
 def _orpo_nll(logits, labels):
     "Mean next-token NLL over the trained tokens."
+    import torch
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 def trainer_class(method:str):
     "The trl trainer of `method`, taking `17_preference`'s rows as they are."
-    from qlora_nb.train import keep_dtypes
     base = trl_classes(method)[0]
     class QloraPreferenceTrainer(base):
         def _prepare_dataset(self, dataset, *args, **kw): return dataset  # tokenized by qlora_nb.preference
@@ -124,8 +124,9 @@ def reference_note(trainer, config:Config)->str:
             'reference: the frozen 4-bit base with the adapter switched off (no second copy)')
 
 # %% ../nbs/34_preference_train.ipynb #4f1a24ff
-def preference_parts(config:Config, tokenizer, n_rows:int, has_eval:bool)->tuple:
+def preference_parts(config:Config, tokenizer,
+                     shared:dict)->tuple: # the run's shared `TrainingArguments` settings (`train.trainer_kwargs`)
     "`(args, trainer class, collator)` of a preference run, for `build_trainer`."
     m = config.training.method
     collator = KTOCollator(tokenizer.pad_token_id) if m == 'kto' else PairCollator(tokenizer.pad_token_id, orpo=m == 'orpo')
-    return preference_args(config, n_rows, has_eval), trainer_class(m), collator
+    return preference_args(config, shared), trainer_class(m), collator

@@ -7,10 +7,11 @@ __all__ = ['segments', 'token_counts', 'preview_text', 'preview_html', 'default_
            'length_histogram', 'preview_config']
 
 # %% ../nbs/16_preview.ipynb #1240b95e
-import html
+import copy, html
 from .config import QloraError
 from .templates import render
 from .tokenizing import IGNORE
+from .data import prepare_data
 
 # %% ../nbs/16_preview.ipynb #887305b8
 def segments(input_ids:list[int], # a tokenized row
@@ -20,7 +21,7 @@ def segments(input_ids:list[int], # a tokenized row
             )->list[tuple[str,bool,bool,bool]]: # `(text, trained, special, starts_sample)` runs
     "The row as runs of decoded text, each trained or masked, special or not."
     special = set(tokenizer.all_special_ids) | {i for i,t in tokenizer.added_tokens_decoder.items() if t.special}
-    runs, cur, key = [], [], None
+    runs, cur, key, cur_start = [], [], None, False
     for j,(t,l) in enumerate(zip(input_ids, labels)):
         start = bool(position_ids is not None and position_ids[j] == 0 and j > 0)
         k = (l != IGNORE, t in special)
@@ -128,8 +129,6 @@ def preview_config(config,          # the run's `Config` (not changed)
                    mode:str='html', # `ansi`, `plain` or `html`
                   )->list[str]:
     "Previews of the first `n` rows of each training dataset, formatted and labelled as training would."
-    import copy
-    from qlora_nb.data import prepare_data
     c = copy.deepcopy(config)
     for ds in c.data.datasets: ds.limit = min(ds.limit or n, n)
     c.data.val_datasets, c.data.val_set_size, c.data.shuffle, c.data.sample_packing, c.data.prepared_path = [], 0, False, False, None

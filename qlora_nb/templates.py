@@ -11,7 +11,8 @@ __all__ = ['BUILTIN_TEMPLATES', 'TEMPLATE_ALIASES', 'TOKENIZER_DEFAULT', 'FALLBA
 # %% ../nbs/10_templates.ipynb #413f6a39
 import difflib, logging
 from pathlib import Path
-from .config import Config, DatasetConfig, QloraError
+from .builtin import resolve_model_path
+from .errors import QloraError
 from .utils import assets_path
 
 # %% ../nbs/10_templates.ipynb #3382648d
@@ -137,7 +138,7 @@ def _setting_template(tokenizer, value:str, key:str='data.chat_template')->str|N
     return template_from_setting(value, key)
 
 def resolve_template(tokenizer,        # the model's tokenizer
-                     config:Config)->str: # uses `data.chat_template` and each dataset's `conversation`
+                     config)->str: # a `Config`; uses `data.chat_template` and each dataset's `conversation`
     "The Jinja chat template that training uses (and inference must use)."
     d = config.data
     named = [(f'data.{k}[{i}].conversation', ds.conversation) for k in ('datasets', 'val_datasets')
@@ -157,7 +158,7 @@ def resolve_template(tokenizer,        # the model's tokenizer
     return tpl
 
 # %% ../nbs/10_templates.ipynb #012c059b
-def template_label(tokenizer, config:Config)->str: # uses `data.chat_template` and the datasets' `conversation`
+def template_label(tokenizer, config)->str: # a `Config`; uses `data.chat_template` and the datasets' `conversation`
     "How a report names the run's template (`tokenizer.chat_template`): built-in name, else family and source, else `custom`."
     tpl, d = _tokenizer_template(tokenizer), config.data
     if (name := template_name(tpl)) != 'custom' or (family := template_family(tokenizer, tpl)) is None: return name
@@ -196,7 +197,7 @@ def _special_key(k:str)->str:
     return k if k.endswith('_token') or k == 'additional_special_tokens' else f'{k}_token'
 
 def prepare_tokenizer(tokenizer,       # the model's tokenizer (changed in place and returned)
-                      config:Config):  # uses `data.chat_template`, `model.special_tokens` and `model.tokens`
+                      config):  # a `Config`; uses `data.chat_template`, `model.special_tokens` and `model.tokens`
     "Set the training chat template, special and added tokens, and a safe pad token. Idempotent."
     n0 = len(tokenizer)
     for k,v in (config.model.special_tokens or {}).items():
@@ -241,10 +242,9 @@ def _fix_pad(tokenizer, why:str='the tokenizer has no pad token'):
         log.info('%s: padding with %r (id %d), a special token the chat template never writes', why, pad, tokenizer.pad_token_id)
 
 # %% ../nbs/10_templates.ipynb #fe8fc751
-def load_tokenizer(config:Config): # uses `model.*` and the settings `prepare_tokenizer` reads
+def load_tokenizer(config): # a `Config`; uses `model.*` and the settings `prepare_tokenizer` reads
     "The run's tokenizer, loaded and prepared for training."
     import transformers
-    from qlora_nb.builtin import resolve_model_path
     m = config.model
     src = resolve_model_path(m.tokenizer or m.base_model)
     cls = getattr(transformers, m.tokenizer_class) if m.tokenizer_class else transformers.AutoTokenizer

@@ -8,7 +8,6 @@ __all__ = ['IGNORE', 'PROBE_TOOLS', 'render_many', 'turn_end', 'next_turn_end', 
 
 # %% ../nbs/13_tokenizing.ipynb #f6c3c65c
 import bisect, os, re
-from transformers.utils.chat_template_utils import render_jinja_template
 from .formats import BadRow
 
 IGNORE = -100  # label of a position that is not trained (PyTorch's cross-entropy ignore_index)
@@ -23,6 +22,7 @@ def render_many(tokenizer,                # supplies `bos_token`, `eos_token` an
                 tools:list|None=None,     # tool definitions, passed to the template as `tools`
                )->list[str]:
     "The conversations as `apply_chat_template(..., tokenize=False)` renders them; a failing template raises `BadRow`."
+    from transformers.utils.chat_template_utils import render_jinja_template
     try: return render_jinja_template(convs, tools=tools, chat_template=template, add_generation_prompt=add_generation_prompt,
                                       **tokenizer.special_tokens_map)[0]
     except Exception as e:

@@ -4,16 +4,27 @@
 
 # %% auto #0
 __all__ = ['quiet_kernel_hub_notice', 'steps_per_epoch', 'total_steps', 'mixed_precision', 'torch_bf16_ok', 'optimizer_name',
-           'trainer_kwargs', 'sft_config', 'keep_dtypes', 'keep_cpu_weights_unpacked', 'build_trainer', 'TrainResult',
-           'model_card', 'save_outputs', 'Run', 'train']
+           'trainer_kwargs', 'sft_config', 'keep_cpu_weights_unpacked', 'build_trainer', 'TrainResult', 'model_card',
+           'save_outputs', 'Run', 'train', 'train_on_gpus']
 
 # %% ../nbs/30_train.ipynb #9073a00f
-import logging, math, os, threading, time, warnings
+import logging, math, os, tempfile, threading, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from .config import Config, QloraError, QloraWarning, advise, load_config, config_yaml
+from .checkpoints import CompleteMarker, resume_point
+from .config import Config, QloraError, QloraWarning, advise, load_config, config_yaml, save_config
+from .data import make_collator, prepare_data
+from .estimate import auto_fit
+from .guards import GuardCallback, GuardStop, RowTracker, explain_oom, is_oom
 from .kernels import fast_path, fuse_lora, use_varlen_attention
+from .live import Callback, MetricsCallback, NotebookView, StopSignal
+from .live import figure_png, in_notebook, plot_history, progress_line
+from .lora import attach_lora, keep_dtypes, trainable_report
+from .model import load_model, memory_line
+from .multigpu import MetricsFollower, check_can_fork, check_deepspeed, prepare_distributed
 from .offload import stream_layers
+from .preference import prepare_preference_data
+from .preference_train import preference_parts, reference_note
 from .utils import atomic_write, device_kind, free_cuda, launched, world_size
 
 # %% ../nbs/30_train.ipynb #167edade
@@ -97,11 +108,6 @@ def sft_config(config:Config, n_rows:int, has_eval:bool):
                      max_length=config.data.sequence_len, use_liger_kernel=fast_path(config)[0])
 
 # %% ../nbs/30_train.ipynb #f9984211
-def keep_dtypes(model, dtypes:dict):
-    "Put trainable parameters back to the dtypes in `dtypes` (name -> dtype)."
-    for n, p in model.named_parameters():
-        if n in dtypes and p.dtype != dtypes[n]: p.data = p.data.to(dtypes[n])
-
 def keep_cpu_weights_unpacked(model) -> int:
     "Keep bitsandbytes from repacking 4-bit weights for its CPU inference kernel, which has no backward; returns the layers."
     n = 0
@@ -120,23 +126,18 @@ def _trainer_class():
             keep_dtypes(model_, dtypes)
     return QloraTrainer
 
-def _fuse_again():
-    "A callback that fuses again at the start of training: `Trainer.train()` applies Liger, whose SwiGLU patch replaces the fused MLP forward."
-    from transformers import TrainerCallback  # here, not at import: it imports peft and so bitsandbytes, which must wait for `num_gpus` forks
-    class FuseAgain(TrainerCallback):
-        def on_train_begin(self, args, state, control, model=None, **kwargs): fuse_lora(model)
-    return FuseAgain()
+class _FuseAgain(Callback):
+    "Fuse again when training starts: `Trainer.train()` applies Liger, whose SwiGLU patch replaces the fused MLP forward."
+    def on_train_begin(self, args, state, control, model=None, **kwargs): fuse_lora(model)
 
 def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
     "The trainer for an adapter-wrapped `model` and prepared `data`, with the collator that tracks row ids."
-    from qlora_nb.data import make_collator
     import torch
-    from qlora_nb.guards import RowTracker
     if config.training.method == 'sft':
         args, cls, collator = sft_config(config, len(data.train), data.eval is not None), _trainer_class(), make_collator(config, tokenizer)
     else:  # DPO, ORPO, KTO: trl's preference trainers over the same model and data pipeline (`34_preference_train`)
-        from qlora_nb.preference_train import preference_parts
-        args, cls, collator = preference_parts(config, tokenizer, len(data.train), data.eval is not None)
+        shared = trainer_kwargs(config, len(data.train), data.eval is not None)
+        args, cls, collator = preference_parts(config, tokenizer, shared)
     rows = RowTracker(collator)  # the data's `row_id` column names each row's source
     dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
     trainer = cls(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
@@ -145,12 +146,10 @@ def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
     liger, fused, notes = fast_path(config)
     if (o := optimizer_name(config)) != config.training.optimizer: notes.append(f'CPU: `{config.training.optimizer}` runs as `{o}` (nothing to page on a CPU)')
     keep_cpu_weights_unpacked(trainer.model)
-    if config.training.method != 'sft':
-        from qlora_nb.preference_train import reference_note
-        notes.append(reference_note(trainer, config))
+    if config.training.method != 'sft': notes.append(reference_note(trainer, config))
     if fused:
         notes.append(f'fused LoRA layers: {fuse_lora(trainer.model)}')
-        trainer.add_callback(_fuse_again())
+        trainer.add_callback(_FuseAgain())
     if liger: notes.append('Liger kernels: on')
     if config.training.offload == 'layers':
         s = stream_layers(trainer.model)
@@ -201,8 +200,6 @@ def model_card(config:Config, result:TrainResult) -> str:
 
 def save_outputs(config:Config, model, tokenizer, result:TrainResult):
     "Adapter, tokenizer, config, plot and model card into the output folder, each file written atomically."
-    import tempfile, shutil
-    from qlora_nb.live import plot_history, figure_png
     out = Path(config.output.output_dir); out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         model.save_pretrained(tmp, selected_adapters=['default']); tokenizer.save_pretrained(tmp)  # not a preference run's frozen `ref` copy
@@ -225,26 +222,15 @@ def _final_eval(trainer, history) -> float|None:
 
 def _train(config:Config, view=None, callbacks=(), eval_before:bool=True, stop=None) -> TrainResult:
     import torch
-    from transformers.utils import logging as hf_logging
-    from qlora_nb.model import load_model, memory_line
-    from qlora_nb.lora import attach_lora, trainable_report
-    from qlora_nb.data import prepare_data
-    from qlora_nb.live import MetricsCallback, StopSignal, progress_line
-    from qlora_nb.guards import GuardCallback, GuardStop, is_oom, explain_oom
-    from qlora_nb.checkpoints import CompleteMarker, resume_point
     if config.training.auto_fit:
-        from qlora_nb.estimate import auto_fit
         config, msg = auto_fit(config); log.info(msg)
-    from qlora_nb.multigpu import prepare_distributed
     config = prepare_distributed(config)  # DeepSpeed file checked, FSDP2 settings completed, the effective batch logged
     out = Path(config.output.output_dir)
     resume = resume_point(config)
     if not resume and (out/'metrics.jsonl').exists(): (out/'metrics.jsonl').unlink()  # a fresh run starts a fresh history
     model, tok = load_model(config)
     if config.training.method == 'sft': data = prepare_data(config, tok)
-    else:
-        from qlora_nb.preference import prepare_preference_data
-        data = prepare_preference_data(config, tok)
+    else: data = prepare_preference_data(config, tok)
     torch.manual_seed(config.training.seed)  # LoRA's initial A matrices
     model = attach_lora(model, config)
     log.info(trainable_report(model))
@@ -282,7 +268,6 @@ def _train(config:Config, view=None, callbacks=(), eval_before:bool=True, stop=N
 class Run:
     "A training run in a background thread."
     def __init__(self, config:Config, view=None, **kw):
-        from qlora_nb.live import StopSignal
         self.config, self.view, self.result, self.error = config, view, None, None
         self.signal = view.stop_signal if view is not None else StopSignal()
         self.thread = threading.Thread(target=self._run, kwargs=kw, daemon=True, name='qlora_nb-train')
@@ -311,7 +296,6 @@ def _several_gpus(config:Config) -> bool:
 def _train_on_gpus(config:Config, background:bool, view, callbacks, eval_before:bool):
     "Fork the processes from this kernel (`40_multigpu`), rank 0's metrics in the live view."
     import torch
-    from qlora_nb.multigpu import train_on_gpus
     n = config.training.num_gpus
     if background: raise QloraError(f'training.num_gpus: {n}: `background=True` runs in a thread of this kernel, but {n} processes '
                                     'are forked from it. Call `train(config)` without `background`, or set `num_gpus: 1`.')
@@ -329,10 +313,78 @@ def train(config,                     # a `Config`, or a YAML path or dict
     config = load_config(config)
     # before anything imports transformers' Trainer: it imports bitsandbytes, which initializes CUDA
     if _several_gpus(config): return _train_on_gpus(config, background, view, callbacks, eval_before)
-    from qlora_nb.live import in_notebook, NotebookView
     if view is None and in_notebook():
         view = NotebookView(Path(config.output.output_dir).name)
         from IPython.display import display
         display(view.widget)
     if background: return Run(config, view, callbacks=callbacks, eval_before=eval_before)
     return _train(config, view, callbacks, eval_before)
+
+# %% ../nbs/30_train.ipynb #d3d8299b
+class _MaxSteps(Callback):
+    "Tell the notebook how many steps the run will take (for the progress bar)."
+    def __init__(self, path:Path): self.path = path
+    def on_train_begin(self, args, state, control, **kw):
+        if state.is_world_process_zero: Path(self.path).write_text(str(state.max_steps))
+
+def _worker(path:str, run_dir:str|None=None, callbacks=(), eval_before:bool=True):
+    extra = [_MaxSteps(Path(run_dir)/'max_steps')] if run_dir else []
+    _train(load_config(path), callbacks=[*callbacks, *extra], eval_before=eval_before)
+
+def _no_stop(view):
+    view.button.disabled, view.button.tooltip = True, 'several processes: interrupt the kernel to stop'
+    return view
+
+def _notebook_view(config:Config):
+    "A live view shown under the running cell, or None outside a notebook (imports the Trainer: after the fork only)."
+    if not in_notebook(): return None
+    from IPython.display import display
+    view = _no_stop(NotebookView(Path(config.output.output_dir).name))
+    display(view.widget)
+    return view
+
+def _result(config:Config, history:list, seconds:float):
+    evals = [r for r in history if 'eval_loss' in r]
+    before = next((r['eval_loss'] for r in evals if r['step'] == 0), None)
+    after = evals[-1]['eval_loss'] if evals and evals[-1]['step'] > 0 else None
+    steps = max((r['step'] for r in history), default=0)
+    return TrainResult(Path(config.output.output_dir), history, steps, False, before, after, seconds, config)
+
+def train_on_gpus(config,                 # a `Config` or a YAML path
+                  num_processes:int=2,    # processes (one per GPU)
+                  view=None,              # a `NotebookView` showing rank 0's metrics
+                  callbacks=(),           # more `TrainerCallback`s (they run in every process)
+                  eval_before:bool=True,  # evaluate once before training
+                  cpu:bool=False,         # processes on the CPU (gloo), for tests
+                  poll_s:float=1.0,       # seconds between reads of metrics.jsonl
+                 ):
+    "Train with DDP/FSDP/DeepSpeed from a notebook through accelerate's `notebook_launcher`; returns a `TrainResult`."
+    from accelerate import notebook_launcher
+    config = load_config(config)
+    check_can_fork(num_processes, cpu)
+    check_deepspeed(config)
+    run_dir = Path(tempfile.mkdtemp(prefix='qlora_nb-'))
+    path = save_config(config, run_dir/'qlora_nb.yaml')
+    follower = MetricsFollower(Path(config.output.output_dir)/'metrics.jsonl', view, run_dir/'max_steps')
+    if view is not None: _no_stop(view)
+    done = threading.Event()
+    def follow():
+        made = view is not None
+        while not done.wait(poll_s):
+            follower.poll()
+            if not made and follower.max_steps:  # rank 0 is training: the fork is behind us
+                follower.view, made = _notebook_view(config), True
+                follower.show(force=True)
+    poller = threading.Thread(target=follow, daemon=True, name='qlora_nb-metrics'); poller.start()
+    t0 = time.time()
+    try: notebook_launcher(_worker, (str(path), str(run_dir), tuple(callbacks), eval_before), num_processes=num_processes)
+    except BaseException as e:
+        if follower.view is not None: follower.view.finish(f'<b style="color:#b00">{type(e).__name__}</b>: {e}')
+        raise
+    finally: done.set(); poller.join()
+    follower.poll()
+    if view is None and follower.view is None and follower.max_steps: follower.view = _notebook_view(config)  # a run shorter than a poll
+    result = _result(config, follower.history, time.time() - t0)
+    if follower.view is not None: follower.show(force=True); follower.view.finish(repr(result))
+    log.info(repr(result))
+    return result

@@ -7,7 +7,7 @@ __all__ = ['atomic_write', 'write_jsonl', 'atomic_dir', 'cache_dir', 'assets_pat
            'free_cuda']
 
 # %% ../nbs/00_utils.ipynb #1db1f9f4
-import json, os, secrets, shutil
+import gc, json, os, secrets, shutil
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -89,6 +89,6 @@ def device_kind() -> str:
 
 def free_cuda():
     "Release the memory PyTorch's allocator holds (after an error, or between runs in one kernel)."
-    import gc, torch
+    import torch
     gc.collect()
     if torch.cuda.is_available(): torch.cuda.empty_cache()

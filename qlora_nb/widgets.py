@@ -5,8 +5,7 @@
 # %% auto #0
 __all__ = ['log', 'EMPTY', 'UNITS', 'STYLE', 'widgets', 'tip', 'key_info', 'ConfigStore', 'as_store', 'css_name', 'Setting',
            'config_form', 'settings_in', 'error_line', 'error_html', 'Status', 'run_in_background', 'no_progress_bars',
-           'Debounce', 'outdated_html', 'Result', 'yaml_view', 'config_files', 'set_box', 'Panel', 'heading',
-           'notebook_view', 'Backend']
+           'Debounce', 'outdated_html', 'Result', 'yaml_view', 'config_files', 'set_box', 'Panel', 'heading', 'Backend']
 
 # %% ../nbs/80_widgets.ipynb #af89f927
 import html, logging, re, threading, time, traceback, types
@@ -21,6 +20,7 @@ from .chat import load_chat_model
 from .data import prepare_data
 from .estimate import estimate, fixes
 from .export import export
+from .live import NotebookView
 from .lora import attach_lora, trainable_report
 from .merge import merge
 from .model import load_model, memory_line
@@ -409,12 +409,6 @@ def heading(text:str, help:str=''):
     h = f'<b>{html.escape(text)}</b>' + (f' <span style="color:#666">{html.escape(help)}</span>' if help else '')
     return widgets().HTML(h)
 
-# %% ../nbs/80_widgets.ipynb #ba309df1
-def notebook_view(**kwargs):
-    "A new `qlora_nb.live.NotebookView(**kwargs)`, its module imported on first use (see above why)."
-    from qlora_nb.live import NotebookView
-    return NotebookView(**kwargs)
-
 # %% ../nbs/80_widgets.ipynb #b9646a9b
 @dataclass
 class Backend:
@@ -430,7 +424,7 @@ class Backend:
     preview_sample:Callable = preview_sample # `preview_sample(data, tokenizer, i, mode='html') -> str`: Preview
     length_histogram:Callable = length_histogram # `length_histogram(report) -> Figure`, under the accounting
     train:Callable = train # `train(config, background=True, view=...) -> Run`: Start training
-    NotebookView:Callable = notebook_view # `NotebookView(stop_button=False)`: the live view of a run
+    NotebookView:Callable = NotebookView # `NotebookView(stop_button=False)`: the live view of a run
     load_chat_model:Callable = load_chat_model # `load_chat_model(config) -> ChatModel`: the Chat tab's Load
     merge:Callable = merge # `merge(config) -> MergeResult`: Merge
     export:Callable = export # `export(config) -> ExportResult`: Export GGUF

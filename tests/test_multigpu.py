@@ -98,3 +98,16 @@ def test_importing_train_leaves_bitsandbytes_unloaded():
     p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip() == '[]', p.stdout
+
+
+def test_importing_the_library_loads_no_heavy_package():
+    "Every module outside the panels imports without torch, transformers, bitsandbytes or fastcore."
+    mods = ['config', 'axolotl', 'templates', 'data', 'preference', 'model', 'lora', 'estimate', 'kernels', 'offload',
+            'live', 'guards', 'checkpoints', 'train', 'preference_train', 'multigpu', 'chat', 'merge', 'export', 'demo',
+            'cli']
+    heavy = ('torch', 'transformers', 'peft', 'trl', 'bitsandbytes', 'datasets', 'fastcore', 'ipywidgets', 'matplotlib')
+    code = (f'import importlib, sys\nfor m in {mods!r}: importlib.import_module("qlora_nb." + m)\n'
+            f'print(sorted(m for m in {heavy!r} if m in sys.modules))')
+    p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == '[]', p.stdout
