@@ -17,20 +17,22 @@ DATA_KEYS = ['data.datasets[0].path', 'data.datasets[0].type', 'data.datasets[0]
              'data.val_set_size', 'data.on_bad_rows']
 
 def data_key(config) -> dict:
-    "The settings the processed data depends on: `data`, the model (its tokenizer) and `training.seed` (the shuffle)."
+    "The settings the processed data depends on: `data`, the model (its tokenizer), `training.seed` (the shuffle) and `training.method` (pairs or rows)."
     d = config_to_dict(config)
-    return {'data': d['data'], 'model': d['model'], 'seed': config.training.seed}
+    return {'data': d['data'], 'model': d['model'], 'seed': config.training.seed, 'method': config.training.method}
 
 def prepared_data(config) -> tuple:
     "`(PreparedData, tokenizer)` for `config`: the model's tokenizer and the data pipeline, as training runs them."
     from qlora_nb.model import load_tokenizer
     from qlora_nb.data import prepare_data
+    from qlora_nb.preference import prepare_preference_data
     tok = load_tokenizer(config)
-    return prepare_data(config, tok), tok
+    return (prepare_data if config.training.method == 'sft' else prepare_preference_data)(config, tok), tok
 
 def render_row(data, tokenizer, i:int) -> str:
-    "HTML of training row `i` with its origin, token counts and trained tokens highlighted."
-    return library('preview', 'preview_sample')(data, tokenizer, i, mode='html')
+    "HTML of training row `i` with its origin, token counts and trained tokens highlighted (a preference pair in two columns)."
+    pref = 'input_ids' not in data.train.column_names or 'label' in data.train.column_names  # `training.method` not sft
+    return library(*(('preference', 'preview_preference') if pref else ('preview', 'preview_sample')))(data, tokenizer, i, mode='html')
 
 def histogram_png(data) -> bytes:
     "The length histogram of the prepared data as PNG bytes."
