@@ -27,7 +27,7 @@ def _bubble(text:str, who:str, color:str, cls:str, extra:str='') -> str:
             f'<span style="color:#666;font-size:11px">{html.escape(who)}</span><br><span class="qlora-chat-text">{html.escape(text)}</span>{extra}</div>')
 
 def _answer(t:dict, side:str, last:bool, alone:bool) -> str:
-    who, color, cls = SIDES[side]
+    who, color, cls = SIDES.get(side) or (side.removeprefix('adapter:'), '#e8f5e9', 'adapter')  # `adapter:<name>`: another run
     who = ('assistant' if alone else who) + (' · stopped' if t.get('stopped') == side else '')
     sent = t.get('prompt', {}).get(side) if last else None
     fold = (f'<details class="qlora-chat-sent"><summary style="cursor:pointer;color:#666;font-size:11px">what the model was given</summary>'
@@ -41,7 +41,7 @@ def conversation_html(turns:list[dict]) -> str:
         last = i == n - 1
         if t['role'] != 'assistant': out.append(_bubble(t['content'], t['role'], '#eeeeee', 'qlora-chat-user'))
         elif 'base' in t:
-            out.append('<div style="display:flex;gap:8px">' + ''.join(f'<div style="flex:1">{_answer(t, s, last, False)}</div>' for s in SIDES) + '</div>')
+            out.append('<div style="display:flex;gap:8px">' + ''.join(f'<div style="flex:1">{_answer(t, s, last, False)}</div>' for s in [*SIDES, *(k for k in t if k.startswith('adapter:'))]) + '</div>')
         else: out.append(_answer(t, 'content', last, True))
     return '<div class="qlora-conversation">' + ''.join(out) + '</div>'
 
@@ -65,6 +65,8 @@ class ChatPanel(Panel):
         self.stop_button = W.Button(description='Stop', icon='stop', disabled=True)
         tip(self.stop_button, 'End the answer at the next token; what was said is kept')
         self.clear_button = W.Button(description='Clear', icon='trash')
+        self.others = W.Text(placeholder='sft=runs/sft, dpo=runs/dpo', description='also compare', layout=W.Layout(width='520px'))
+        tip(self.others, 'Other runs of the same base to load beside this one, name=output folder; each answers in its own column when comparing')
         self.compare = W.Checkbox(value=False, description='compare with base (adapter off)', indent=False)
         tip(self.compare, 'Also answer each prompt with the adapter disabled, side by side; each side keeps its own conversation')
         for w, c in ((self.load_button, 'load'), (self.prompt, 'prompt'), (self.send_button, 'send'), (self.stop_button, 'stop'),
@@ -76,7 +78,7 @@ class ChatPanel(Panel):
         self.clear_button.on_click(lambda b: self.clear())
         self.settings = config_form(self.store, 'chat')
         self.widget = W.VBox([heading('Chat', 'with the model in output_dir'), config_form(self.store, ['output.output_dir']),
-                              self.load_button, heading('Generation', 'used from the next answer'), self.settings,
+                              self.others, self.load_button, heading('Generation', 'used from the next answer'), self.settings,
                               self.view, self.prompt, W.HBox([self.send_button, self.stop_button, self.clear_button, self.compare]),
                               self.status.widget])
         self.widget.add_class('qlora-chat-panel')
@@ -91,7 +93,8 @@ class ChatPanel(Panel):
         return self.task
 
     def _load(self, config):
-        with no_progress_bars(): return self.load(config)
+        others = dict(map(str.strip, x.split('=', 1)) for x in self.others.value.split(',') if x.strip())
+        with no_progress_bars(): return self.load(config, adapters=others) if others else self.load(config)
 
     def clear(self):
         self.turns = []
@@ -111,7 +114,7 @@ class ChatPanel(Panel):
         if compare and not _can_turn_off_adapter(self.model):
             compare, note = False, ' This model cannot answer with its adapter off; showing the fine-tuned answer only.'
         user, turn = {'role': 'user', 'content': text}, {'role': 'assistant', 'content': ''}
-        histories = {s: side_history(self.turns, s) + [user] for s in (['content', 'base'] if compare else ['content'])}
+        histories = {s: side_history(self.turns, s) + [user] for s in (['content', 'base', *(f'adapter:{a}' for a in list(getattr(self.model, 'adapters', {}))[1:])] if compare else ['content'])}
         self.turns += [user, turn]
         self._stop = threading.Event()
         chat = dataclasses.replace(self.store.config.chat)  # the settings at Send, whatever is edited meanwhile
@@ -132,7 +135,7 @@ class ChatPanel(Panel):
                 if self._stop.is_set(): break
                 turn[side] = ''
                 if hasattr(self.model, 'prompt_text'): turn.setdefault('prompt', {})[side] = self.model.prompt_text(messages, chat=chat)
-                turn[side] = self.model.answer(messages, on_token=stream(side), stop=self._stop, chat=chat, **({'base': True} if side == 'base' else {}))
+                turn[side] = self.model.answer(messages, on_token=stream(side), stop=self._stop, chat=chat, **({'base': True} if side == 'base' else {'adapter': side[8:]} if side.startswith('adapter:') else {}))
                 if self._stop.is_set(): turn['stopped'] = side
         finally: self.stop_button.disabled = True
         return time.perf_counter() - t0
