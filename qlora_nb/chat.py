@@ -58,10 +58,31 @@ def stop_when(event:threading.Event, # set it (a Stop button) to end the generat
     return StopOnEvent()
 
 class ChatModel:
-    "A trained model and its tokenizer, answering conversations with the training chat template."
-    def __init__(self, model, tokenizer, config:Config):
+    "A trained model and its tokenizer, answering with the training chat template; with several adapters, with any."
+    def __init__(self, model, tokenizer, config:Config,
+                 adapters:dict|None=None): # side name -> peft adapter name; default `{'fine-tuned': <the active one>}`
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.stop_ids = turn_end_ids(tokenizer)
+        if adapters is None: adapters = {'fine-tuned': model.active_adapter} if hasattr(model, 'peft_config') else {}
+        self.adapters = adapters
+
+    @contextlib.contextmanager
+    def side(self, base:bool=False, # the base model: every adapter off
+             adapter:str|None=None, # a side name of `adapters`; None: the adapter that is active
+            ):
+        "The model as one side of a comparison, for the `with` block; the active adapter is restored after."
+        m = self.model
+        if base and hasattr(m, 'disable_adapter'):
+            with m.disable_adapter(): yield
+            return
+        if adapter is None: yield; return
+        if adapter not in self.adapters:
+            raise QloraError(f'no adapter named {adapter!r} is loaded: the sides are base, {", ".join(self.adapters)}. '
+                             'Fix: pass it to `load_chat_model(..., adapters={name: run folder})`.')
+        before = m.active_adapter
+        m.set_adapter(self.adapters[adapter])
+        try: yield
+        finally: m.set_adapter(before)
 
     def _messages(self, conversation, chat:ChatConfig|None=None) -> list[dict]:
         msgs = [{'role': 'user', 'content': conversation}] if isinstance(conversation, str) else list(conversation)
@@ -86,6 +107,7 @@ class ChatModel:
     def answer(self, conversation,     # a user message, or a list of `{role, content}` messages
                on_token=None,          # called with each piece of text as it is generated (streaming)
                base:bool=False,        # answer with the base model (adapter switched off)
+               adapter:str|None=None,  # answer with this adapter (a side name of `adapters`); None: the active one
                stop:threading.Event|None=None, # when set, the answer ends at the next token (what was said is returned)
                chat:ChatConfig|None=None, # generation settings and system prompt in place of the run's `chat` section
                **gen) -> str:          # generation settings overriding those (temperature=0: greedy)
@@ -95,8 +117,7 @@ class ChatModel:
         enc = tok.apply_chat_template(self._messages(conversation, chat), add_generation_prompt=True, return_tensors='pt', return_dict=True)
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
         kw = self._gen_kwargs(chat, stop, **gen)
-        ctx = self.model.disable_adapter() if base and hasattr(self.model, 'disable_adapter') else contextlib.nullcontext()
-        with ctx, torch.no_grad():
+        with self.side(base, adapter), torch.no_grad():
             if on_token is None:
                 out = self.model.generate(**enc, **kw)
                 return tok.decode(out[0, enc['input_ids'].shape[1]:], skip_special_tokens=True).strip()
@@ -117,23 +138,36 @@ class ChatModel:
         return ''.join(pieces).strip()
 
     def compare(self, prompt,                 # a user message, or the messages of one turn
-                histories:dict|None=None,     # each side's conversation so far, `{'base': [...], 'fine-tuned': [...]}`; this turn is added to each
+                histories:dict|None=None,     # each side's conversation so far, `{'base': [...], 'fine-tuned': [...]}`
+                                              # (this turn is added to each)
+                sides:list|None=None,         # `base` and side names of `adapters` to ask; default: all of them
                 **gen) -> dict:               # as for `answer`
-        "The base model's and the fine-tuned model's answers to `prompt`, each side continuing its own conversation."
+        "The answers of the base model and of each adapter to `prompt`, each side continuing its own conversation."
         histories = {} if histories is None else histories
         new = [{'role': 'user', 'content': prompt}] if isinstance(prompt, str) else list(prompt)
         out = {}
-        for side in ('base', 'fine-tuned'):
+        for side in sides or ['base', *self.adapters]:
             h = histories.setdefault(side, [])
             h += new
-            out[side] = self.answer(h, base=side == 'base', **gen)
+            out[side] = self.answer(h, **({'base': True} if side == 'base' else {'adapter': side}), **gen)
             h.append({'role': 'assistant', 'content': out[side]})
         return out
 
 # %% ../nbs/60_chat.ipynb #442c349f
+def _check_same_base(config:Config, name:str, source):
+    "The adapter folder of the run in `source`, once checked that it was trained on the base of `config`."
+    other, folder = resolve_source(source)
+    if other.model.base_model != config.model.base_model:
+        raise QloraError(f'adapters[{name!r}]: {folder} was trained on {other.model.base_model}, '
+                         f'not {config.model.base_model}: adapters compared over one base must share it. '
+                         'Fix: compare runs of the same `model.base_model`.')
+    return folder
+
 def load_chat_model(source,            # a run's output folder, its YAML config, or a `Config`
+                    adapters:dict|None=None, # more runs to compare over the same base: `{side name: output folder}`
+                    name:str='fine-tuned',   # the side name of `source`'s adapter
                     ) -> ChatModel:
-    "Load the base model as it was trained (quantized) with the trained adapter and the run's tokenizer."
+    "Load the base model as it was trained (quantized) with the trained adapter(s) and the run's tokenizer."
     from peft import PeftModel
     from transformers import AutoTokenizer
     config, folder = resolve_source(source)
@@ -143,14 +177,25 @@ def load_chat_model(source,            # a run's output folder, its YAML config,
     base = load_base(config)
     if len(tok) > base.get_input_embeddings().weight.shape[0]: base.resize_token_embeddings(len(tok), pad_to_multiple_of=64)
     with peft_notice_hidden(): model = PeftModel.from_pretrained(base, folder).eval()
+    sides = {name: model.active_adapter}
+    for i, (side, src) in enumerate((adapters or {}).items()):
+        if side in sides or side == 'base':
+            raise QloraError(f'adapters: the side name {side!r} is taken. Fix: give each adapter its own name.')
+        other = _check_same_base(config, side, src)
+        check_template(AutoTokenizer.from_pretrained(other), trained,
+                       where=f'the tokenizer in {other} (adapters[{side!r}])')
+        with peft_notice_hidden():  # peft names must be identifiers; the side names need not be
+            model.load_adapter(other, adapter_name=f'compare_{i}')
+        sides[side] = f'compare_{i}'
     model.generation_config.pad_token_id = tok.pad_token_id
-    cm = ChatModel(model, tok, config); cm.trained_template = trained
+    cm = ChatModel(model, tok, config, sides); cm.trained_template = trained
     return cm
 
 # %% ../nbs/60_chat.ipynb #4c79ecd8
 def answer_many(cm:ChatModel,          # the chat model
                 conversations:list,  # user messages, or lists of `{role, content}` messages
                 base:bool=False,     # answer with the base model (adapter switched off)
+                adapter:str|None=None, # answer with this adapter (a side name of `adapters`); None: the active one
                 chat:ChatConfig|None=None, # generation settings and system prompt in place of the run's `chat` section
                 **gen) -> list[str]: # generation settings overriding those (temperature=0: greedy)
     "The model's answers to `conversations`, generated as one batch."
@@ -160,8 +205,7 @@ def answer_many(cm:ChatModel,          # the chat model
     side, tok.padding_side = tok.padding_side, 'left'
     try: enc = tok(texts, return_tensors='pt', padding=True, add_special_tokens=False).to(cm.model.device)
     finally: tok.padding_side = side
-    ctx = cm.model.disable_adapter() if base and hasattr(cm.model, 'disable_adapter') else contextlib.nullcontext()
-    with ctx, torch.no_grad(): out = cm.model.generate(**enc, **cm._gen_kwargs(chat, **gen))
+    with cm.side(base, adapter), torch.no_grad(): out = cm.model.generate(**enc, **cm._gen_kwargs(chat, **gen))
     return [tok.decode(o[enc['input_ids'].shape[1]:], skip_special_tokens=True).strip() for o in out]
 
 # %% ../nbs/60_chat.ipynb #2da362a2

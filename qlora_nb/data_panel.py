@@ -18,16 +18,17 @@ DATA_KEYS = ['data.datasets[0].path', 'data.datasets[0].type', 'data.datasets[0]
              'data.sample_packing', 'data.train_on_inputs', 'data.val_set_size', 'data.on_bad_rows']
 
 def data_key(config) -> dict:
-    "The settings the processed data depends on: `data`, the model (its tokenizer) and `training.seed` (the shuffle)."
+    "What the processed data depends on: `data`, the model (tokenizer), `training.seed`, `training.method` (pairs)."
     d = config_to_dict(config)
-    return {'data': d['data'], 'model': d['model'], 'seed': config.training.seed}
+    return {'data': d['data'], 'model': d['model'], 'seed': config.training.seed, 'method': config.training.method}
 
 # %% ../nbs/82_data_panel.ipynb #349a980d
 def prepared_data(config, backend:Backend|None=None) -> tuple:
     "`(PreparedData, tokenizer)` for `config`: the model's tokenizer and the data pipeline, as training runs them."
     b = backend or Backend()
     tok = b.load_tokenizer(config)
-    return b.prepare_data(config, tok), tok
+    prepare = b.prepare_data if config.training.method == 'sft' else b.prepare_preference_data
+    return prepare(config, tok), tok
 
 def histogram_png(data, backend:Backend|None=None) -> bytes:
     "The length histogram of the prepared data as PNG bytes."
@@ -158,5 +159,6 @@ def show(self:DataPanel, index:int|None=None): # the row to show; the one in the
         data, tok = self.prepared(config)
         n = len(data.train)
         if i >= n: raise IndexError(f'row {i} does not exist: there are {n} training rows (0 to {n-1}).')
-        return self.backend.preview_sample(data, tok, i, mode='html')
+        pairs = config.training.method != 'sft'
+        return (self.backend.preview_preference if pairs else self.backend.preview_sample)(data, tok, i, mode='html')
     return self._run(work, self.preview, self.status, f'Processing row {i}…', lambda h: (h, ''))

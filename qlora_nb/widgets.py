@@ -24,6 +24,7 @@ from .live import NotebookView
 from .lora import attach_lora, trainable_report
 from .merge import merge
 from .model import load_model, memory_line
+from .preference import prepare_preference_data, preview_preference
 from .preview import length_histogram, preview_sample
 from .templates import load_tokenizer
 from .train import train
@@ -422,6 +423,8 @@ class Backend:
     load_tokenizer:Callable = load_tokenizer # `load_tokenizer(config)`: the Data tab
     prepare_data:Callable = prepare_data # `prepare_data(config, tokenizer) -> PreparedData`: Check data
     preview_sample:Callable = preview_sample # `preview_sample(data, tokenizer, i, mode='html') -> str`: Preview
+    prepare_preference_data:Callable = prepare_preference_data # as `prepare_data`, for `training.method` dpo/orpo/kto
+    preview_preference:Callable = preview_preference # as `preview_sample`, for a preference pair (two columns)
     length_histogram:Callable = length_histogram # `length_histogram(report) -> Figure`, under the accounting
     train:Callable = train # `train(config, background=True, view=...) -> Run`: Start training
     NotebookView:Callable = NotebookView # `NotebookView(stop_button=False)`: the live view of a run
