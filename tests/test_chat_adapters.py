@@ -1,5 +1,4 @@
 "Chat over several adapters on the real SmolLM2-135M-Instruct (4-bit): each side answers as that adapter loaded alone."
-import pytest
 
 Q = 'What is the capital of France?'
 
@@ -12,7 +11,8 @@ def _run(tmp_path, name, seed):
     base = resolve_model_path('builtin:smollm2-135m')
     torch.manual_seed(seed)
     m = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    pm = peft.get_peft_model(m, peft.LoraConfig(r=8, lora_alpha=16, target_modules='all-linear', init_lora_weights=False))
+    lora = peft.LoraConfig(r=8, lora_alpha=16, target_modules='all-linear', init_lora_weights=False)
+    pm = peft.get_peft_model(m, lora)
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if 'lora_B' in n: p.normal_(0, 0.05)
@@ -31,7 +31,8 @@ def test_compare_answers_with_each_adapter(tmp_path):
     h = {}
     both = load_chat_model(dpo, adapters={'sft': sft}, name='dpo').compare(Q, histories=h, **q)
     alone = {s: load_chat_model(r) for s, r in (('sft', sft), ('dpo', dpo))}
-    want = {'base': alone['sft'].answer(Q, base=True, **q), 'dpo': alone['dpo'].answer(Q, **q), 'sft': alone['sft'].answer(Q, **q)}
+    want = {'base': alone['sft'].answer(Q, base=True, **q), 'dpo': alone['dpo'].answer(Q, **q),
+            'sft': alone['sft'].answer(Q, **q)}
     assert both == want
     assert want['sft'] != want['dpo'], want  # the two adapters answer differently, so the check above tells them apart
     assert [m['content'] for m in h['sft']] == [Q, want['sft']]

@@ -43,10 +43,11 @@ def test_orpo_and_kto_train(tmp_path, method):
 
 
 def test_axolotl_dpo_cli_then_merge_and_export(tmp_path):
-    """An Axolotl-style `rl: dpo` YAML trained by the `qlora-nb` script (one step), then `merge` and `export` as for SFT:
-    the merged model's logits are the adapter model's, and the GGUF holds every merged weight. This checks the way
-    through the three commands, not what DPO learns (the tests above do that on SmolLM2), so it runs the tiny random
-    Llama with `adapter: lora` (Axolotl's plain LoRA; the merge into the 16-bit base is the same for a QLoRA adapter)."""
+    """An Axolotl-style `rl: dpo` YAML trained by the `qlora-nb` script (one step), then `merge` and `export` as for
+    SFT: the merged model's logits are the adapter model's, and the GGUF holds every merged weight. This checks the
+    way through the three commands, not what DPO learns (the tests above do that on SmolLM2), so it runs the tiny
+    random Llama with `adapter: lora` (Axolotl's plain LoRA; the merge into the 16-bit base is the same for a QLoRA
+    adapter)."""
     import torch, transformers, peft, yaml
     from safetensors import safe_open
     from conftest import qlora_nb_cli
@@ -54,7 +55,8 @@ def test_axolotl_dpo_cli_then_merge_and_export(tmp_path):
     from qlora_nb.export import read_gguf
     from qlora_nb.lora import peft_notice_hidden
     p = PAIRS[0]
-    rows = [{'conversation': [{'role': 'user', 'content': p['prompt']}], 'chosen': {'role': 'assistant', 'content': p['chosen']},
+    rows = [{'conversation': [{'role': 'user', 'content': p['prompt']}],
+             'chosen': {'role': 'assistant', 'content': p['chosen']},
              'rejected': {'role': 'assistant', 'content': p['rejected']}}]
     out = tmp_path/'out'
     cfg = tmp_path/'dpo.yml'
@@ -75,9 +77,10 @@ def test_axolotl_dpo_cli_then_merge_and_export(tmp_path):
     r = qlora_nb_cli('export', cfg, '--gguf', 'f16')
     assert r.returncode == 0, r.stderr[-3000:]
     tok = transformers.AutoTokenizer.from_pretrained(out)
-    x = tok.apply_chat_template([{'role': 'user', 'content': 'Sky colour?'}], add_generation_prompt=True, return_tensors='pt',
-                                return_dict=True)['input_ids']
-    base = transformers.AutoModelForCausalLM.from_pretrained(resolve_model_path('builtin:tiny-llama'), dtype=torch.float32)
+    x = tok.apply_chat_template([{'role': 'user', 'content': 'Sky colour?'}], add_generation_prompt=True,
+                                return_tensors='pt', return_dict=True)['input_ids']
+    base = transformers.AutoModelForCausalLM.from_pretrained(resolve_model_path('builtin:tiny-llama'),
+                                                             dtype=torch.float32)
     with peft_notice_hidden(): tuned = peft.PeftModel.from_pretrained(base, out).eval()
     merged = transformers.AutoModelForCausalLM.from_pretrained(out/'merged', dtype=torch.float32).eval()
     with torch.no_grad():
