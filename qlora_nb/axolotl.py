@@ -157,6 +157,7 @@ REFUSED = {
     'use_eaft': 'the entropy-adaptive fine-tuning loss (`use_eaft`)',
 }
 
+# %% ../nbs/01_axolotl.ipynb #6ee6c7fd
 # Honoured in spirit, not in number: the run is the same kind of run, but it differs from Axolotl's. Named in the warning.
 NOT_HONOURED = {
     **dict.fromkeys(('adam_beta1', 'adam_beta2', 'adam_beta3', 'adam_epsilon', 'adam_epsilon2', 'adam_eps'),
@@ -181,6 +182,7 @@ NOT_HONOURED = {
     'eot_tokens': "qlora_nb trains the chat template's own end-of-turn text after each trained turn; other delimiter tokens are not treated specially",
 }
 
+# %% ../nbs/01_axolotl.ipynb #c5506cbd
 # Speed and memory options: the run means the same, only its speed or memory use differs. Named in the warning.
 SPEED_ONLY = dict.fromkeys((
     'torch_compile', 'torch_compile_mode', 'torch_compile_backend', 'use_kernels', 'activation_offloading', 'layer_offloading',
@@ -191,6 +193,7 @@ SPEED_ONLY = dict.fromkeys((
     'expert_parallel_num_nvl_bytes', 'expert_parallel_token_capacity', 'resize_token_embeddings_to_32x', 'save_only_model'),
     'a speed or memory option qlora_nb does not have; the training is the same')
 
+# %% ../nbs/01_axolotl.ipynb #a2014b1d
 # No effect on what is trained or saved here: read and ignored without a message.
 IRRELEVANT = {
     'gradient_checkpointing_kwargs': "how transformers recomputes activations (`use_reentrant`); qlora_nb's checkpointing has one way",

@@ -188,6 +188,7 @@ def _with_config(p, help='the YAML config (ours or Axolotl)'):
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help='change one setting, e.g. --set lora.r=32 (repeatable)')
     return p
 
+# %% ../nbs/90_cli.ipynb #4b4dbd64
 def make_parser() -> argparse.ArgumentParser:
     "The `qlora-nb` argument parser."
     from qlora_nb import __version__

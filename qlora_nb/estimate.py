@@ -222,12 +222,14 @@ def _targets(shape:ModelShape, config:Config) -> list[str]:
     import re
     return [n for n in shape.linears if re.search(t, n)]
 
+# %% ../nbs/22_estimate.ipynb #6da37eea
 def gpu_memory_gib() -> float|None:
     "The memory of this process's GPU, or None without one."
     import torch
     if not torch.cuda.is_available(): return None
     return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
 
+# %% ../nbs/22_estimate.ipynb #c4674106
 def estimate(config,                 # a `Config` (or YAML path / dict)
              gpu_gib:float|None=None, # memory to plan for; default: `training.memory_budget_gib`, else this GPU's, else none
              shape:ModelShape|None=None, # the model's shape, when already known

@@ -291,6 +291,7 @@ class ExportResult:
         fb = sum(i['f16_fallback'] for i in self.info.values())
         return f'GGUF export in {self.path}: {fs}; Modelfile for Ollama' + (f'; {fb} tensors kept in f16 (rows not a multiple of 32)' if fb else '') + f'; {self.seconds:.1f}s'
 
+# %% ../nbs/71_export.ipynb #c928fdc0
 def export_gguf(model_dir,             # the merged model folder
                 out,                   # folder to write
                 types=('q8_0',),       # GGUF types, among `f16`, `bf16`, `q8_0`
@@ -331,10 +332,12 @@ def export_gguf(model_dir,             # the merged model folder
     log.info(str(res))
     return res
 
+# %% ../nbs/71_export.ipynb #02d89880
 def gguf_path(c:Config) -> Path:
     "Where the GGUF files of the run `c` go: `output.gguf_dir`, else `<output_dir>/gguf`."
     return Path(c.output.gguf_dir or Path(c.output.output_dir)/'gguf')
 
+# %% ../nbs/71_export.ipynb #9153ca98
 def export(cfg=None,         # a `Config`, a YAML path or a dict (default: the demo config)
            model_dir=None,   # the merged model (default: `merged_path(cfg)`)
            out=None,         # folder to write (default: `gguf_path(cfg)`)

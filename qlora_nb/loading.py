@@ -101,6 +101,12 @@ class Loaded:
     bad_lines:list = field(default_factory=list) # `(file, line, error)` skipped with `on_bad_rows: skip`
     files:list = field(default_factory=list)     # the local files read ([] for hub datasets)
 
+# %% ../nbs/11_loading.ipynb #62ef69e4
+def _short(e:Exception)->str:
+    while e.__cause__ is not None or e.__context__ is not None: e = e.__cause__ or e.__context__
+    return f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}'
+
+# %% ../nbs/11_loading.ipynb #6df05872
 def _load_files(files, kind, where, on_bad_rows, tmp):
     import datasets
     bad = []
@@ -124,10 +130,7 @@ def _load_files(files, kind, where, on_bad_rows, tmp):
                          'Fix: check that every row has the same fields with the same types (a field that is a string in one row and a number or list in another cannot be read), and that the file is UTF-8.') from None
     return ds, bad
 
-def _short(e:Exception)->str:
-    while e.__cause__ is not None or e.__context__ is not None: e = e.__cause__ or e.__context__
-    return f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}'
-
+# %% ../nbs/11_loading.ipynb #6880e559
 def load_one(dc:DatasetConfig,              # the dataset entry
              where:str='data.datasets[0]',  # its key in the config, for messages
              on_bad_rows:str='error',       # `error` or `skip` malformed lines

@@ -128,6 +128,7 @@ def checkpoint_files(path, # a model folder
                      + (f'; found {", ".join(other)} (pickle format)' if other else '') +
                      '. Fix: set model.base_model to a local folder with safetensors weights (save the model once with `save_pretrained`).')
 
+# %% ../nbs/70_merge.ipynb #82188121
 def st_header(f, # a safetensors file opened for binary reading
              ) -> tuple[int, dict]: # (offset of the data, tensor name -> {dtype, shape, data_offsets})
     "The header of a safetensors file."
@@ -138,6 +139,7 @@ def st_header(f, # a safetensors file opened for binary reading
     h.pop('__metadata__', None)
     return 8 + n, h
 
+# %% ../nbs/70_merge.ipynb #e08d7cac
 def checkpoint_index(path) -> dict[str, tuple]:
     "`{key: (file, dtype, shape)}` for every tensor of the checkpoint in `path`, in file order, read from the headers only."
     out = {}
@@ -146,6 +148,7 @@ def checkpoint_index(path) -> dict[str, tuple]:
         out |= {k: (p, v['dtype'], tuple(v['shape'])) for k,v in sorted(h.items(), key=lambda kv: kv[1]['data_offsets'][0])}
     return out
 
+# %% ../nbs/70_merge.ipynb #13bd7b2f
 _ST_TORCH = {'F32': 'float32', 'BF16': 'bfloat16', 'F16': 'float16', 'F64': 'float64', 'I64': 'int64', 'I32': 'int32',
              'I16': 'int16', 'I8': 'int8', 'U8': 'uint8', 'BOOL': 'bool'}
 
@@ -170,12 +173,14 @@ def read_tensors(files:dict, # tensor name -> its safetensors file
     finally:
         if f: f.close()
 
+# %% ../nbs/70_merge.ipynb #16e0a988
 def model_skeleton(path, trust_remote_code:bool=False):
     "The model of `path` built on the meta device: its structure, with no weights in memory."
     import torch, transformers
     cfg = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     with torch.device('meta'): return transformers.AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
 
+# %% ../nbs/70_merge.ipynb #20548397
 def quantized_weights(skeleton) -> set[str]:
     "Keys of the weights bitsandbytes stores in 4 bits when loading `skeleton`'s model: the linear layers but the output head."
     import torch
@@ -241,15 +246,26 @@ class Plan:
     @property
     def total_bytes(self): return sum(nbytes(dt, s) for *_,dt,s in self.tensors)
 
+# %% ../nbs/70_merge.ipynb #fc5facea
 def _mismatch(key, want, got, base, acfg):
     return QloraError(f'adapter_model.safetensors: {key}: the adapter fits a {"x".join(map(str, want))} tensor, the base model {base} has '
                       f'{"x".join(map(str, got))}. The adapter was trained on a different base model (its adapter_config.json names '
                       f'{acfg.get("base_model_name_or_path")!r}). Fix: set model.base_model to the model the adapter was trained on.')
 
+# %% ../nbs/70_merge.ipynb #f662f527
 def _update_shape(u:Update):
     if u.full is not None: return tuple(u.full.shape)
     return (u.A.shape[1], u.B.shape[0]) if u.embedding else (u.B.shape[0], u.A.shape[1])
 
+# %% ../nbs/70_merge.ipynb #c828bb58
+def _vocab_keys(skeleton) -> set[str]:
+    "Checkpoint keys of the input embedding and output head."
+    out = set()
+    for mod in (skeleton.get_input_embeddings(), skeleton.get_output_embeddings()):
+        out |= {f'{n}.weight' for n,m in skeleton.named_modules() if m is mod and mod is not None}
+    return out
+
+# %% ../nbs/70_merge.ipynb #e264a455
 def plan_merge(idx:dict,      # `checkpoint_index` of the base
                ups:dict,      # `adapter_updates`
                skeleton,      # `model_skeleton` of the base
@@ -285,13 +301,6 @@ def plan_merge(idx:dict,      # `checkpoint_index` of the base
     vocab = next(iter(rows.values()), None)
     if vocab is not None and vocab != skeleton.config.vocab_size: plan.vocab_size = vocab
     return plan
-
-def _vocab_keys(skeleton) -> set[str]:
-    "Checkpoint keys of the input embedding and output head."
-    out = set()
-    for mod in (skeleton.get_input_embeddings(), skeleton.get_output_embeddings()):
-        out |= {f'{n}.weight' for n,m in skeleton.named_modules() if m is mod and mod is not None}
-    return out
 
 # %% ../nbs/70_merge.ipynb #f704452d
 @dataclass

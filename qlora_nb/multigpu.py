@@ -203,15 +203,18 @@ def _max_steps_callback(path:Path):
             if state.is_world_process_zero: Path(path).write_text(str(state.max_steps))
     return MaxSteps()
 
+# %% ../nbs/40_multigpu.ipynb #30a3760c
 def _worker(path:str, run_dir:str|None=None, callbacks=(), eval_before:bool=True):
     from qlora_nb.train import _train
     extra = [_max_steps_callback(Path(run_dir)/'max_steps')] if run_dir else []
     _train(load_config(path), callbacks=[*callbacks, *extra], eval_before=eval_before)
 
+# %% ../nbs/40_multigpu.ipynb #220df147
 def _no_stop(view):
     view.button.disabled, view.button.tooltip = True, 'several processes: interrupt the kernel to stop'
     return view
 
+# %% ../nbs/40_multigpu.ipynb #e9e87f7f
 def _notebook_view(config:Config):
     "A live view shown under the running cell, or None outside a notebook (imports the Trainer: after the fork only)."
     from qlora_nb.live import in_notebook, NotebookView
@@ -221,6 +224,7 @@ def _notebook_view(config:Config):
     display(view.widget)
     return view
 
+# %% ../nbs/40_multigpu.ipynb #c07e5337
 def _result(config:Config, history:list, seconds:float):
     from qlora_nb.train import TrainResult
     evals = [r for r in history if 'eval_loss' in r]
@@ -229,6 +233,7 @@ def _result(config:Config, history:list, seconds:float):
     steps = max((r['step'] for r in history), default=0)
     return TrainResult(Path(config.output.output_dir), history, steps, False, before, after, seconds, config)
 
+# %% ../nbs/40_multigpu.ipynb #14800591
 def train_on_gpus(config,                 # a `Config` or a YAML path
                   num_processes:int=2,    # processes (one per GPU)
                   view=None,              # a `NotebookView` showing rank 0's metrics
