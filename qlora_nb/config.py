@@ -363,7 +363,8 @@ def _build_value(f, tp, v, k, problems, given):
     item = get_args(tp)[0] if get_origin(tp) is list else None
     if item is not None and is_dataclass(item):
         if not isinstance(v, list):
-            problems.append(Problem(k, f'expected a list of mappings, got {_shown(v)}.', f'write each entry as `- path: ...` under `{f.name}:`.'))
+            problems.append(Problem(k, f'expected a list of mappings, got {_shown(v)}.',
+                                    f'write each entry as `- path: ...` under `{f.name}:`.'))
             return _NO
         return [build(item, x, f'{k}[{i}]', problems, given) for i,x in enumerate(v)]
     r = conform(v, tp)
@@ -391,12 +392,14 @@ def build(cls,              # the dataclass to build
     given = set() if given is None else given
     if d is None: d = {}
     if not isinstance(d, dict):
-        problems.append(Problem(key or '(top level)', f'expected a mapping of settings, got {_shown(d)}.', f'write `key: value` lines under `{key}:`.'))
+        problems.append(Problem(key or '(top level)', f'expected a mapping of settings, got {_shown(d)}.',
+                                f'write `key: value` lines under `{key}:`.'))
         return cls()
     hints, names = get_type_hints(cls), [f.name for f in fields(cls)]
     for k in d:
         if k not in names:
-            problems.append(Problem(_join(key, k), 'unknown setting.', suggest(str(k), names, cls) or f'the settings here are: {", ".join(names)}.'))
+            problems.append(Problem(_join(key, k), 'unknown setting.',
+                                    suggest(str(k), names, cls) or f'the settings here are: {", ".join(names)}.'))
     kw = {}
     for f in fields(cls):
         if f.name not in d: continue
@@ -410,54 +413,76 @@ def build(cls,              # the dataclass to build
 def _rule_precision(c:Config, given):
     t, q = c.training, c.quantization
     if t.bf16 is True and t.fp16:
-        yield Problem('training.fp16', 'bf16 and fp16 are both on; a run uses one mixed precision.', 'keep `bf16: true` (or `auto`) on GPUs that support it, else `fp16: true` with `bf16: false`.')
+        yield Problem('training.fp16', 'bf16 and fp16 are both on; a run uses one mixed precision.',
+                      'keep `bf16: true` (or `auto`) on GPUs that support it, else `fp16: true` with `bf16: false`.')
     if t.fp16 and q.compute_dtype == 'bfloat16':
-        yield Problem('quantization.compute_dtype', 'bfloat16 compute does not go with fp16 mixed precision.', 'set `compute_dtype: float16` (or `auto`), or train with `bf16: true` instead of fp16.')
+        yield Problem('quantization.compute_dtype', 'bfloat16 compute does not go with fp16 mixed precision.',
+                      'set `compute_dtype: float16` (or `auto`), or train with `bf16: true` instead of fp16.')
     if t.bf16 is True and q.compute_dtype == 'float16':
-        yield Problem('quantization.compute_dtype', 'float16 compute does not go with bf16 mixed precision.', 'set `compute_dtype: bfloat16` (or `auto`), or train with `fp16: true`.')
+        yield Problem('quantization.compute_dtype', 'float16 compute does not go with bf16 mixed precision.',
+                      'set `compute_dtype: bfloat16` (or `auto`), or train with `fp16: true`.')
 
 # %% ../nbs/00_config.ipynb #61785e74
 def _rule_quant(c:Config, given):
     q = c.quantization
     if q.load_in_4bit and q.load_in_8bit:
-        yield Problem('quantization.load_in_8bit', '4-bit and 8-bit loading are both on.', 'keep one: `load_in_4bit: true` for QLoRA, or `load_in_8bit: true` with `load_in_4bit: false`.')
+        yield Problem('quantization.load_in_8bit', '4-bit and 8-bit loading are both on.',
+                      'keep one: `load_in_4bit: true` for QLoRA, or `load_in_8bit: true` with `load_in_4bit: false`.')
 
 # %% ../nbs/00_config.ipynb #024f2a08
 def _rule_devices(c:Config, given):
     t = c.training
     multi = [k for k,v in (('deepspeed', t.deepspeed), ('fsdp', t.fsdp)) if v]
     if len(multi) == 2:
-        yield Problem('training.fsdp', 'DeepSpeed and FSDP are both set; a run shards with one of them.', 'remove `fsdp` (and `fsdp_config`) or `deepspeed`.')
+        yield Problem('training.fsdp', 'DeepSpeed and FSDP are both set; a run shards with one of them.',
+                      'remove `fsdp` (and `fsdp_config`) or `deepspeed`.')
     if multi and t.num_gpus == 1:
-        yield Problem(f'training.{multi[0]}', f'{multi[0]} shards the model across processes, but `num_gpus` is 1.', 'set `num_gpus: 2` or more (or leave it empty and use `accelerate launch --num_processes N`), or remove the setting.')
+        yield Problem(f'training.{multi[0]}', f'{multi[0]} shards the model across processes, but `num_gpus` is 1.',
+                      'set `num_gpus: 2` or more (or leave it empty and use `accelerate launch --num_processes N`), or '
+                      'remove the setting.')
     if t.fsdp_config and not t.fsdp:
-        yield Problem('training.fsdp_config', 'fsdp_config is set but FSDP is off.', 'add `fsdp: [full_shard, auto_wrap]`, or remove `fsdp_config`.')
+        yield Problem('training.fsdp_config', 'fsdp_config is set but FSDP is off.',
+                      'add `fsdp: [full_shard, auto_wrap]`, or remove `fsdp_config`.')
     if multi and t.offload != 'none':
-        yield Problem('training.offload', f'offload: {t.offload} streams the layers to one GPU, and {multi[0]} shards them across GPUs.', f'use one: remove `offload`, or remove `{multi[0]}`.')
+        yield Problem('training.offload',
+                      f'offload: {t.offload} streams the layers to one GPU, and {multi[0]} shards them across GPUs.',
+                      f'use one: remove `offload`, or remove `{multi[0]}`.')
 
 # %% ../nbs/00_config.ipynb #f02ed5af
 def _rule_data(c:Config, given):
     d, t = c.data, c.training
     if d.sample_packing and not d.sequence_len:
-        yield Problem('data.sample_packing', 'sample packing needs a sequence length to pack into.', 'set `data.sequence_len`, e.g. 2048.')
+        yield Problem('data.sample_packing', 'sample packing needs a sequence length to pack into.',
+                      'set `data.sequence_len`, e.g. 2048.')
     if d.padding_free and d.pad_to_sequence_len:
-        yield Problem('data.padding_free', 'padding_free joins each batch without padding, but `pad_to_sequence_len` pads every batch.', 'turn one of them off (padding_free is faster; pad_to_sequence_len keeps memory steady).')
+        yield Problem('data.padding_free',
+                      'padding_free joins each batch without padding, but `pad_to_sequence_len` pads every batch.',
+                      'turn one of them off (padding_free is faster; pad_to_sequence_len keeps memory steady).')
     if d.pad_to_sequence_len and not d.sequence_len:
-        yield Problem('data.pad_to_sequence_len', 'padding to the sequence length needs a sequence length.', 'set `data.sequence_len`, e.g. 2048.')
+        yield Problem('data.pad_to_sequence_len', 'padding to the sequence length needs a sequence length.',
+                      'set `data.sequence_len`, e.g. 2048.')
     if not d.datasets:
-        yield Problem('data.datasets', 'no training datasets.', 'add at least one entry, e.g. `- path: data/train.jsonl`.')
+        yield Problem('data.datasets', 'no training datasets.',
+                      'add at least one entry, e.g. `- path: data/train.jsonl`.')
     if d.val_set_size >= 1 and d.val_set_size != int(d.val_set_size):
-        yield Problem('data.val_set_size', f'{d.val_set_size} is neither a fraction below 1 nor a whole number of rows.', 'write a fraction like 0.05, or a row count like 200.')
+        yield Problem('data.val_set_size',
+                      f'{d.val_set_size} is neither a fraction below 1 nor a whole number of rows.',
+                      'write a fraction like 0.05, or a row count like 200.')
     if d.val_set_size and d.val_datasets:
-        yield Problem('data.val_set_size', 'both `val_set_size` and `val_datasets` are set.', 'validate either on a split of the training data or on your own files, not both.')
+        yield Problem('data.val_set_size', 'both `val_set_size` and `val_datasets` are set.',
+                      'validate either on a split of the training data or on your own files, not both.')
     if d.overlong == 'split':
         for i,ds in enumerate(d.datasets):
             if ds.type not in (None, 'completion'):
-                yield Problem(f'data.datasets[{i}].type', f'`overlong: split` only applies to completion data, and this dataset is `{ds.type}`: a conversation cut in two loses its context.', 'use `overlong: drop` or `truncate` for chat data.')
+                yield Problem(f'data.datasets[{i}].type',
+                              f'`overlong: split` only applies to completion data, and this dataset is `{ds.type}`: a '
+                              'conversation cut in two loses its context.',
+                              'use `overlong: drop` or `truncate` for chat data.')
     has_val = d.val_set_size > 0 or d.val_datasets
     for k in ('eval_steps', 'evals_per_epoch'):
         if getattr(t, k) and not has_val:
-            yield Problem(f'training.{k}', 'evaluation is scheduled but there is no validation data.', 'set `data.val_set_size` (e.g. 0.05) or `data.val_datasets`.')
+            yield Problem(f'training.{k}', 'evaluation is scheduled but there is no validation data.',
+                          'set `data.val_set_size` (e.g. 0.05) or `data.val_datasets`.')
 
 # %% ../nbs/00_config.ipynb #0c2b8ea6
 def _rule_schedule(c:Config, given):
@@ -466,11 +491,15 @@ def _rule_schedule(c:Config, given):
         if getattr(t, a) and getattr(t, b):
             yield Problem(f'training.{b}', f'`{a}` and `{b}` are both set.', f'keep one of them.')
     if t.warmup_steps and t.warmup_ratio > 0:
-        yield Problem('training.warmup_steps', '`warmup_steps` and `warmup_ratio` are both set.', 'keep one (set the other to 0).')
+        yield Problem('training.warmup_steps', '`warmup_steps` and `warmup_ratio` are both set.',
+                      'keep one (set the other to 0).')
     if t.wandb_project and t.report_to not in ('wandb', 'none'):
-        yield Problem('training.wandb_project', f'a W&B project is set but `report_to` is {t.report_to}.', 'set `report_to: wandb`, or remove `wandb_project`.')
+        yield Problem('training.wandb_project', f'a W&B project is set but `report_to` is {t.report_to}.',
+                      'set `report_to: wandb`, or remove `wandb_project`.')
     if t.auto_fit and not t.gradient_checkpointing and 'training.gradient_checkpointing' in given:
-        yield Problem('training.auto_fit', 'auto_fit chooses checkpointing itself, but `gradient_checkpointing: false` is set.', 'remove `gradient_checkpointing` and let auto_fit choose, or turn `auto_fit` off.')
+        yield Problem('training.auto_fit',
+                      'auto_fit chooses checkpointing itself, but `gradient_checkpointing: false` is set.',
+                      'remove `gradient_checkpointing` and let auto_fit choose, or turn `auto_fit` off.')
 
 # %% ../nbs/00_config.ipynb #f2bdc946
 def _rule_templates(c:Config, given):
@@ -483,7 +512,8 @@ def _rule_templates(c:Config, given):
 
 # %% ../nbs/00_config.ipynb #3dea5c8a
 # TRL's loss types per preference method (trl 1.x `DPOConfig.loss_type`, `KTOConfig.loss_type`); ORPO has one loss.
-LOSS_TYPES = {'dpo': ('sigmoid', 'hinge', 'ipo', 'exo_pair', 'nca_pair', 'robust', 'bco_pair', 'sppo_hard', 'aot', 'aot_unpaired',
+LOSS_TYPES = {'dpo': ('sigmoid', 'hinge', 'ipo', 'exo_pair', 'nca_pair', 'robust', 'bco_pair', 'sppo_hard', 'aot',
+                      'aot_unpaired',
                       'apo_zero', 'apo_down', 'discopop', 'sft', 'sigmoid_norm'),
               'kto': ('kto', 'apo_zero_unpaired'), 'orpo': ()}
 
@@ -492,19 +522,32 @@ def _rule_preference(c:Config, given):
     if m == 'sft':
         # A saved config writes every setting: only a changed one says the user meant preference tuning.
         changed = [f.name for f in fields(p) if getattr(p, f.name) != getattr(PreferenceConfig(), f.name)]
-        if changed: yield Problem(f'preference.{changed[0]}', 'a preference setting is changed, but `training.method` is sft: it would be silently unused.', 'set `training.method: dpo` (or `orpo`, `kto`), or remove the `preference:` settings.')
+        if changed: yield Problem(f'preference.{changed[0]}',
+                                  'a preference setting is changed, but `training.method` is sft: it would be silently '
+                                  'unused.',
+                                  'set `training.method: dpo` (or `orpo`, `kto`), or remove the `preference:` '
+                                  'settings.')
         return
     for k in ('sample_packing', 'padding_free'):
-        if getattr(d, k): yield Problem(f'data.{k}', f'`training.method: {m}` scores each answer as a whole sequence; `{k}` joins samples.', f'set `data.{k}: false`.')
+        if getattr(d, k): yield Problem(f'data.{k}',
+                                        f'`training.method: {m}` scores each answer as a whole sequence; `{k}` joins '
+                                        'samples.',
+                                        f'set `data.{k}: false`.')
     if p.loss_type and p.loss_type not in LOSS_TYPES[m]:
         yield Problem('preference.loss_type', f'`{p.loss_type}` is not a {m} loss.',
                       f'use one of {", ".join(LOSS_TYPES[m])}, or leave it empty.' if LOSS_TYPES[m] else 'ORPO has one loss: remove `loss_type`.')
     if m == 'orpo' and p.reference != 'auto':
-        yield Problem('preference.reference', 'ORPO uses no reference model.', 'remove `reference`, or use `training.method: dpo`.')
+        yield Problem('preference.reference', 'ORPO uses no reference model.',
+                      'remove `reference`, or use `training.method: dpo`.')
     if p.reference == 'adapter' and not c.lora.init_adapter:
-        yield Problem('preference.reference', '`reference: adapter` is a frozen copy of the adapter training starts from, but `lora.init_adapter` is empty.', 'set `lora.init_adapter` to the SFT adapter folder, or use `reference: base`.')
+        yield Problem('preference.reference',
+                      '`reference: adapter` is a frozen copy of the adapter training starts from, but '
+                      '`lora.init_adapter` is empty.',
+                      'set `lora.init_adapter` to the SFT adapter folder, or use `reference: base`.')
     if m == 'kto' and (p.loss_type or 'kto') == 'kto' and c.training.micro_batch_size < 2:
-        yield Problem('training.micro_batch_size', 'KTO estimates its KL term from the other rows of a micro batch, so it needs at least 2.', 'set `micro_batch_size: 2` or more (or `preference.loss_type: apo_zero_unpaired`).')
+        yield Problem('training.micro_batch_size',
+                      'KTO estimates its KL term from the other rows of a micro batch, so it needs at least 2.',
+                      'set `micro_batch_size: 2` or more (or `preference.loss_type: apo_zero_unpaired`).')
 
 # %% ../nbs/00_config.ipynb #d4a51c07
 RULES = [_rule_precision, _rule_quant, _rule_devices, _rule_data, _rule_schedule, _rule_templates, _rule_preference]
@@ -651,7 +694,8 @@ def load_config(src,                       # a YAML file path, a dict, or a `Con
         file = str(src)
         src, lines = read_yaml(src)
         required = ('model.base_model', 'data.datasets')
-    if not isinstance(src, dict): raise TypeError(f'load_config: expected a path, dict or Config, got {type(src).__name__}')
+    if not isinstance(src, dict): raise TypeError('load_config: expected a path, dict or Config, got '
+                                                  f'{type(src).__name__}')
     if is_axolotl(src):
         from qlora_nb.axolotl import from_axolotl
         src, lines = from_axolotl(src, file=file, lines=lines)

@@ -302,17 +302,23 @@ def export_gguf(model_dir,             # the merged model folder
     import transformers
     t0, model_dir, out = time.time(), Path(model_dir), Path(out)
     if not (model_dir/'config.json').exists():
-        raise QloraError(f'{model_dir}: no merged model here (no config.json). Fix: run `qlora-nb merge CONFIG` (or `merge(...)`) first, or set output.merged_dir.')
+        raise QloraError(f'{model_dir}: no merged model here (no config.json). Fix: run `qlora-nb merge CONFIG` (or '
+                         '`merge(...)`) first, or set output.merged_dir.')
     bad = [t for t in types if t not in GGUF_TYPES]
     if bad or not types: raise QloraError(f'output.gguf_types: {bad or "empty"}; choose among {", ".join(GGUF_TYPES)}.')
-    if out.exists() and not overwrite: raise QloraError(f'{out}: already exists. Fix: choose another folder (output.gguf_dir), or set output.overwrite: true to replace it.')
+    if out.exists() and not overwrite: raise QloraError(f'{out}: already exists. Fix: choose another folder '
+                                                        '(output.gguf_dir), or set output.overwrite: true to replace '
+                                                        'it.')
     cfg = transformers.AutoConfig.from_pretrained(model_dir)
     gguf_arch(cfg)
     name = name or model_dir.name
     need = sum(os.path.getsize(f) for f in model_dir.glob('*.safetensors')) * sum({'f16': 1, 'bf16': 1, 'q8_0': .55}[t] for t in types)
     out.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out.parent).free
-    if free < need * 1.05 + 2**26 * (1 + len(types)): raise QloraError(f'{out.parent}: not enough disk space: the GGUF files need about {need/2**30:.2f} GiB, {free/2**30:.2f} GiB are free. Fix: free space or set output.gguf_dir on a larger disk.')
+    if free < need * 1.05 + 2**26 * (1 + len(types)): raise QloraError(f'{out.parent}: not enough disk space: the GGUF '
+                                                                       f'files need about {need/2**30:.2f} GiB, '
+                                                                       f'{free/2**30:.2f} GiB are free. Fix: free '
+                                                                       'space or set output.gguf_dir on a larger disk.')
     tmp = out.with_name(f'.{out.name}.partial-{os.getpid()}')
     if tmp.exists(): shutil.rmtree(tmp)
     tmp.mkdir()

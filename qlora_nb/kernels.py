@@ -38,10 +38,12 @@ def _dequantize(weight, quant_state, dtype):
     P, I, s2 = ctypes.c_void_p, ctypes.c_int32, qs.state2
     stream = P(torch._C._cuda_getCurrentRawStream(weight.device.index))
     absmax = _buffer('absmax', qs.absmax.shape, torch.float32, weight.device)
-    lib.cdequantize_blockwise_fp32(P(s2.code.data_ptr()), P(qs.absmax.data_ptr()), P(s2.absmax.data_ptr()), P(absmax.data_ptr()),
+    lib.cdequantize_blockwise_fp32(P(s2.code.data_ptr()), P(qs.absmax.data_ptr()), P(s2.absmax.data_ptr()),
+                                   P(absmax.data_ptr()),
                                    I(s2.blocksize), I(qs.absmax.numel()), stream)
     absmax += qs.offset
-    lib.cdequantize_blockwise_bf16_nf4(None, P(weight.data_ptr()), P(absmax.data_ptr()), P(out.data_ptr()), I(qs.blocksize), I(out.numel()), stream)
+    lib.cdequantize_blockwise_bf16_nf4(None, P(weight.data_ptr()), P(absmax.data_ptr()), P(out.data_ptr()),
+                                       I(qs.blocksize), I(out.numel()), stream)
     return out
 
 # %% ../nbs/23_kernels.ipynb #2bfb36eb
@@ -295,7 +297,8 @@ def fuse_lora(model) -> dict:
     for m in model.modules():
         if all(getattr(m, n, None) in fused for n in ('gate_proj', 'up_proj', 'down_proj')) and _silu_mlp(m) \
            and getattr(m.forward, '__func__', None) is not _mlp_forward:
-            m.__dict__['_qlora_prev_forward'] = vars(m).get('forward')  # Liger's SwiGLU forward, where Liger patched this instance
+            # Liger's SwiGLU forward, where Liger patched this instance
+            m.__dict__['_qlora_prev_forward'] = vars(m).get('forward')
             m.forward = types.MethodType(_mlp_forward, m); counts['mlp'] = counts.get('mlp', 0) + 1
         group = [getattr(m, n, None) for n in ('q_proj', 'k_proj', 'v_proj')]
         if all(l in fused for l in group) and len({l.in_features for l in group}) == 1:
@@ -360,7 +363,8 @@ def varlen_attention(module, query, key, value, attention_mask, dropout:float=0.
     pos = kwargs.get('position_ids')
     B, H, T, D = query.shape
     if attention_mask is not None or pos is None or key.shape[2] != T or (dropout and module.training):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
     cu, n = _segments(pos, B, T)
     q, k, v = (t.transpose(1, 2).reshape(B * T, t.shape[1], D) for t in (query, key, value))
     if not _VARLEN: _VARLEN.append(_varlen_call() if query.is_cuda else None)

@@ -135,7 +135,8 @@ def st_header(f, # a safetensors file opened for binary reading
     f.seek(0)
     n = int.from_bytes(f.read(8), 'little')
     try: h = json.loads(f.read(n))
-    except ValueError: raise QloraError(f'{f.name}: not a safetensors file (unreadable header). Fix: download or save the checkpoint again.') from None
+    except ValueError: raise QloraError(f'{f.name}: not a safetensors file (unreadable header). Fix: download or save '
+                                        'the checkpoint again.') from None
     h.pop('__metadata__', None)
     return 8 + n, h
 
@@ -168,7 +169,8 @@ def read_tensors(files:dict, # tensor name -> its safetensors file
             b, e = info['data_offsets']
             buf = torch.empty(e - b, dtype=torch.uint8)
             f.seek(start + b)
-            if f.readinto(buf.numpy()) != e - b: raise QloraError(f'{opened}: truncated at tensor {k}. Fix: download or save the checkpoint again.')
+            if f.readinto(buf.numpy()) != e - b: raise QloraError(f'{opened}: truncated at tensor {k}. Fix: download '
+                                                                  'or save the checkpoint again.')
             yield buf.view(getattr(torch, _ST_TORCH[info['dtype']])).reshape(info['shape'])
     finally:
         if f: f.close()
@@ -178,7 +180,8 @@ def model_skeleton(path, trust_remote_code:bool=False):
     "The model of `path` built on the meta device: its structure, with no weights in memory."
     import torch, transformers
     cfg = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    with torch.device('meta'): return transformers.AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
+    with torch.device('meta'): return transformers.AutoModelForCausalLM.from_config(cfg,
+                                                                                    trust_remote_code=trust_remote_code)
 
 # %% ../nbs/70_merge.ipynb #20548397
 def quantized_weights(skeleton) -> set[str]:
@@ -248,9 +251,12 @@ class Plan:
 
 # %% ../nbs/70_merge.ipynb #fc5facea
 def _mismatch(key, want, got, base, acfg):
-    return QloraError(f'adapter_model.safetensors: {key}: the adapter fits a {"x".join(map(str, want))} tensor, the base model {base} has '
-                      f'{"x".join(map(str, got))}. The adapter was trained on a different base model (its adapter_config.json names '
-                      f'{acfg.get("base_model_name_or_path")!r}). Fix: set model.base_model to the model the adapter was trained on.')
+    return QloraError(f'adapter_model.safetensors: {key}: the adapter fits a {"x".join(map(str, want))} tensor, the '
+                      f'base model {base} has '
+                      f'{"x".join(map(str, got))}. The adapter was trained on a different base model (its '
+                      'adapter_config.json names '
+                      f'{acfg.get("base_model_name_or_path")!r}). Fix: set model.base_model to the model the adapter '
+                      'was trained on.')
 
 # %% ../nbs/70_merge.ipynb #f662f527
 def _update_shape(u:Update):
@@ -279,8 +285,10 @@ def plan_merge(idx:dict,      # `checkpoint_index` of the base
     touched = set(ups) & (set(tied) | set(tied.values()))
     plan = Plan(untie=bool(touched), dequantize=quantized_weights(skeleton) if dequantize else set(), files={k:f for k,(f,_,_) in idx.items()})
     extra = [k for k in ups if k not in idx and not (plan.untie and k in tied)]
-    if extra: raise QloraError(f'adapter_model.safetensors: {len(extra)} adapted tensors are not in the base model {base}, e.g. {extra[0]!r}. '
-                               f'The adapter was trained on a different model (its adapter_config.json names {acfg.get("base_model_name_or_path")!r}). '
+    if extra: raise QloraError(f'adapter_model.safetensors: {len(extra)} adapted tensors are not in the base model '
+                               f'{base}, e.g. {extra[0]!r}. '
+                               'The adapter was trained on a different model (its adapter_config.json names '
+                               f'{acfg.get("base_model_name_or_path")!r}). '
                                'Fix: set model.base_model to the model the adapter was trained on.')
     rows = {}
     keys = list(idx) + ([k for k in tied] if plan.untie else [])
@@ -296,8 +304,10 @@ def plan_merge(idx:dict,      # `checkpoint_index` of the base
         floating = sdt in ('F32', 'F16', 'BF16', 'F64')
         plan.tensors.append((k, src, u, st_dtype(dtype) if floating else sdt, out_shape))
     if len(set(rows.values())) > 1:
-        raise QloraError(f'adapter_model.safetensors: vocabulary-size mismatch: {", ".join(f"{k} has {n} rows" for k,n in rows.items())}. '
-                         'The adapter resized one of them (tokens were added) but not the other. Fix: train with both `embed_tokens` and `lm_head` in lora.modules_to_save.')
+        raise QloraError('adapter_model.safetensors: vocabulary-size mismatch: '
+                         f'{", ".join(f"{k} has {n} rows" for k,n in rows.items())}. '
+                         'The adapter resized one of them (tokens were added) but not the other. Fix: train with both '
+                         '`embed_tokens` and `lm_head` in lora.modules_to_save.')
     vocab = next(iter(rows.values()), None)
     if vocab is not None and vocab != skeleton.config.vocab_size: plan.vocab_size = vocab
     return plan
@@ -354,12 +364,14 @@ def _merged_tensors(plan:Plan, dtype, quant_dtype, quant_type:str, double_quant:
 # %% ../nbs/70_merge.ipynb #22f696c1
 def _check_target(out:Path, overwrite:bool):
     if out.exists() and not overwrite:
-        raise QloraError(f'{out}: already exists. Fix: choose another folder (output.merged_dir), or set output.overwrite: true to replace it.')
+        raise QloraError(f'{out}: already exists. Fix: choose another folder (output.merged_dir), or set '
+                         'output.overwrite: true to replace it.')
 
 def _check_disk(folder:Path, need:int):
     free = shutil.disk_usage(folder).free
     if free < need * 1.02 + 2**26:
-        raise QloraError(f'{folder}: not enough disk space: the merged model needs {need/2**30:.2f} GiB, {free/2**30:.2f} GiB are free. Fix: free space, or set output.merged_dir on a larger disk.')
+        raise QloraError(f'{folder}: not enough disk space: the merged model needs {need/2**30:.2f} GiB, '
+                         f'{free/2**30:.2f} GiB are free. Fix: free space, or set output.merged_dir on a larger disk.')
 
 def _finish(tmp:Path, out:Path):
     "Move the complete folder `tmp` to `out`, replacing an old one only after the new one is in place."

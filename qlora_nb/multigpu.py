@@ -261,13 +261,15 @@ def train_on_gpus(config,                 # a `Config` or a YAML path
                 follower.show(force=True)
     poller = threading.Thread(target=follow, daemon=True, name='qlora_nb-metrics'); poller.start()
     t0 = time.time()
-    try: notebook_launcher(_worker, (str(path), str(run_dir), tuple(callbacks), eval_before), num_processes=num_processes)
+    try: notebook_launcher(_worker, (str(path), str(run_dir), tuple(callbacks), eval_before),
+                           num_processes=num_processes)
     except BaseException as e:
         if follower.view is not None: follower.view.finish(f'<b style="color:#b00">{type(e).__name__}</b>: {e}')
         raise
     finally: done.set(); poller.join()
     follower.poll()
-    if view is None and follower.view is None and follower.max_steps: follower.view = _notebook_view(config)  # a run shorter than a poll
+    # a run shorter than a poll
+    if view is None and follower.view is None and follower.max_steps: follower.view = _notebook_view(config)
     result = _result(config, follower.history, time.time() - t0)
     if follower.view is not None: follower.show(force=True); follower.view.finish(repr(result))
     log.info(repr(result))

@@ -85,16 +85,22 @@ def trainer_kwargs(config:Config, n_rows:int, has_eval:bool) -> dict:
     report = 'wandb' if t.wandb_project else t.report_to
     if t.wandb_project: os.environ.setdefault('WANDB_PROJECT', t.wandb_project)
     return dict(
-        output_dir=o.output_dir, per_device_train_batch_size=t.micro_batch_size, per_device_eval_batch_size=t.micro_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, num_train_epochs=t.num_epochs, max_steps=t.max_steps or -1,
-        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=warmup, optim=optimizer_name(config),
+        output_dir=o.output_dir, per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, num_train_epochs=t.num_epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=warmup,
+        optim=optimizer_name(config),
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm or 0.0, bf16=bf16, fp16=fp16, tf32=t.tf32,
         logging_steps=t.logging_steps, logging_nan_inf_filter=False,
         eval_strategy='steps' if (has_eval and eval_steps) else 'no', eval_steps=eval_steps,
         save_strategy='steps' if save_steps else 'no', save_steps=save_steps, save_total_limit=t.save_total_limit,
-        seed=t.seed, data_seed=t.seed, report_to=[] if report == 'none' else [report], include_num_input_tokens_seen=True,
-        remove_unused_columns=False, dataloader_num_workers=0, deepspeed=t.deepspeed, fsdp=' '.join(t.fsdp) if t.fsdp else None, fsdp_config=t.fsdp_config,
-        ddp_find_unused_parameters=False if world_size() > 1 else None, disable_tqdm=None, use_cpu=not torch.cuda.is_available(),
+        seed=t.seed, data_seed=t.seed, report_to=[] if report == 'none' else [report],
+        include_num_input_tokens_seen=True,
+        remove_unused_columns=False, dataloader_num_workers=0, deepspeed=t.deepspeed,
+        fsdp=' '.join(t.fsdp) if t.fsdp else None, fsdp_config=t.fsdp_config,
+        ddp_find_unused_parameters=False if world_size() > 1 else None, disable_tqdm=None,
+        use_cpu=not torch.cuda.is_available(),
         **_no_checkpointing(TrainingArguments))
 
 # %% ../nbs/30_train.ipynb #4afc0386
@@ -155,7 +161,9 @@ def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
                   processing_class=tokenizer, data_collator=rows, callbacks=list(callbacks))
     keep_dtypes(trainer.model, dtypes)  # before the optimizer exists, so it sees the right tensors
     liger, fused, notes = fast_path(config)
-    if (o := optimizer_name(config)) != config.training.optimizer: notes.append(f'CPU: `{config.training.optimizer}` runs as `{o}` (nothing to page on a CPU)')
+    if (o := optimizer_name(config)) != config.training.optimizer: notes.append(f'CPU: `{config.training.optimizer}` '
+                                                                                f'runs as `{o}` (nothing to page on a '
+                                                                                'CPU)')
     keep_cpu_weights_unpacked(trainer.model)
     if config.training.method != 'sft':
         from qlora_nb.preference_train import reference_note
@@ -166,9 +174,11 @@ def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
     if liger: notes.append('Liger kernels: on')
     if config.training.offload == 'layers':
         s = stream_layers(trainer.model)
-        notes.append(f'offload: {len(s.packed)} decoder layers streamed from {"pinned " if s.cuda else ""}host memory, {s.ahead} ahead')
+        notes.append(f'offload: {len(s.packed)} decoder layers streamed from {"pinned " if s.cuda else ""}host memory, '
+                     f'{s.ahead} ahead')
     if (config.data.padding_free or config.data.sample_packing) and torch.cuda.is_available() and use_varlen_attention(trainer.model):
-        notes.append('joined samples: variable-length flash attention (`qlora_varlen`) instead of a block-diagonal mask')
+        notes.append('joined samples: variable-length flash attention (`qlora_varlen`) instead of a block-diagonal '
+                     'mask')
     if trainer.is_world_process_zero():
         for n in notes: log.info('speed: %s', n)
     trainer.row_tracker = rows
@@ -254,7 +264,8 @@ def _train(config:Config, view=None, callbacks=(), eval_before:bool=True, stop=N
     config = prepare_distributed(config)  # DeepSpeed file checked, FSDP2 settings completed, the effective batch logged
     out = Path(config.output.output_dir)
     resume = resume_point(config)
-    if not resume and (out/'metrics.jsonl').exists(): (out/'metrics.jsonl').unlink()  # a fresh run starts a fresh history
+    # a fresh run starts a fresh history
+    if not resume and (out/'metrics.jsonl').exists(): (out/'metrics.jsonl').unlink()
     model, tok = load_model(config)
     if config.training.method == 'sft': data = prepare_data(config, tok)
     else:
@@ -289,9 +300,11 @@ def _train(config:Config, view=None, callbacks=(), eval_before:bool=True, stop=N
         if not is_oom(e): raise
         del trainer, model; free_cuda()
         raise QloraError(explain_oom(config)) from e
-    result = TrainResult(out, metrics.history, trainer.state.global_step, stop.requested, before, after, time.time() - t0, config, guard.warnings)
+    result = TrainResult(out, metrics.history, trainer.state.global_step, stop.requested, before, after,
+                         time.time() - t0, config, guard.warnings)
     if trainer.is_world_process_zero(): save_outputs(config, model, tok, result)  # one writer under DDP/FSDP
-    if view is not None: view.update(metrics.history, result.steps, trainer.state.max_steps, time.time() - t0, force=True); view.finish(repr(result))
+    if view is not None: view.update(metrics.history, result.steps, trainer.state.max_steps, time.time() - t0,
+                                     force=True); view.finish(repr(result))
     return result
 
 # %% ../nbs/30_train.ipynb #7d8dc27a
