@@ -248,7 +248,9 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
     opt = OPTIMIZER_BYTES[t.optimizer] or 2 * dsize
     base = L * sum(quantized_bytes(i, o, config, dsize) for i,o in shape.linears.values())
     streamed = t.offload == 'layers'
-    c = {'base weights (2 layers streamed)' if streamed else 'base weights (quantized)' if (config.quantization.load_in_4bit or config.quantization.load_in_8bit) else 'base weights':
+    c = {'base weights (2 layers streamed)' if streamed
+         else 'base weights (quantized)' if (config.quantization.load_in_4bit or config.quantization.load_in_8bit)
+         else 'base weights':
              2 * base / L if streamed else base,
          'embeddings, norms, head': shape.other_params * dsize,
          'LoRA adapters': lora * dsize, 'LoRA gradients': lora * dsize, f'optimizer states ({t.optimizer})': lora * opt}
@@ -271,7 +273,8 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
     dequant = 2 * largest * dsize if config.quantization.load_in_4bit else 0
     bwd = T * (recompute + k['bwd_h'] * h * dsize / 2) + dequant
     # the loss and reference pass (end of the forward pass) and the backward working set are not alive at the same time
-    c['logits and loss (chunked)'], c['reference pass (no grad)'], c['backward working set'] = (loss, ref, 0) if loss + ref > bwd else (0, 0, bwd)
+    c['logits and loss (chunked)'], c['reference pass (no grad)'], c['backward working set'] = \
+        (loss, ref, 0) if loss + ref > bwd else (0, 0, bwd)
     peak = sum(c.values())
     margin = CUDA_CONTEXT_GIB * GIB + FRAGMENTATION * peak
     c['CUDA context, fragmentation'] = margin

@@ -289,7 +289,8 @@ class ExportResult:
     def __str__(self):
         fs = ', '.join(f'{p.name} ({self.info[k]["bytes"]/2**20:.1f} MiB)' for k,p in self.files.items())
         fb = sum(i['f16_fallback'] for i in self.info.values())
-        return f'GGUF export in {self.path}: {fs}; Modelfile for Ollama' + (f'; {fb} tensors kept in f16 (rows not a multiple of 32)' if fb else '') + f'; {self.seconds:.1f}s'
+        return (f'GGUF export in {self.path}: {fs}; Modelfile for Ollama'
+                + (f'; {fb} tensors kept in f16 (rows not a multiple of 32)' if fb else '') + f'; {self.seconds:.1f}s')
 
 # %% ../nbs/71_export.ipynb #c928fdc0
 def export_gguf(model_dir,             # the merged model folder
@@ -312,7 +313,8 @@ def export_gguf(model_dir,             # the merged model folder
     cfg = transformers.AutoConfig.from_pretrained(model_dir)
     gguf_arch(cfg)
     name = name or model_dir.name
-    need = sum(os.path.getsize(f) for f in model_dir.glob('*.safetensors')) * sum({'f16': 1, 'bf16': 1, 'q8_0': .55}[t] for t in types)
+    need = (sum(os.path.getsize(f) for f in model_dir.glob('*.safetensors'))
+            * sum({'f16': 1, 'bf16': 1, 'q8_0': .55}[t] for t in types))
     out.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out.parent).free
     if free < need * 1.05 + 2**26 * (1 + len(types)): raise QloraError(f'{out.parent}: not enough disk space: the GGUF '

@@ -190,7 +190,8 @@ def quantized_weights(skeleton) -> set[str]:
     from transformers.quantizers.base import get_keys_to_not_convert
     from transformers.quantizers.quantizers_utils import should_convert_module
     skip = get_keys_to_not_convert(skeleton)
-    return {f'{n}.weight' for n,m in skeleton.named_modules() if isinstance(m, torch.nn.Linear) and should_convert_module(n, skip)}
+    return {f'{n}.weight' for n,m in skeleton.named_modules()
+            if isinstance(m, torch.nn.Linear) and should_convert_module(n, skip)}
 
 # %% ../nbs/70_merge.ipynb #3990ab0b
 def nf4_roundtrip(w,                    # a weight
@@ -283,7 +284,8 @@ def plan_merge(idx:dict,      # `checkpoint_index` of the base
     "Match the adapter to the base checkpoint, check every shape, and list the output tensors."
     tied = {k:v for k,v in getattr(skeleton, 'all_tied_weights_keys', {}).items() if k not in idx and v in idx}
     touched = set(ups) & (set(tied) | set(tied.values()))
-    plan = Plan(untie=bool(touched), dequantize=quantized_weights(skeleton) if dequantize else set(), files={k:f for k,(f,_,_) in idx.items()})
+    plan = Plan(untie=bool(touched), dequantize=quantized_weights(skeleton) if dequantize else set(),
+                files={k:f for k,(f,_,_) in idx.items()})
     extra = [k for k in ups if k not in idx and not (plan.untie and k in tied)]
     if extra: raise QloraError(f'adapter_model.safetensors: {len(extra)} adapted tensors are not in the base model '
                                f'{base}, e.g. {extra[0]!r}. '
