@@ -248,9 +248,8 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
     opt = OPTIMIZER_BYTES[t.optimizer] or 2 * dsize
     base = L * sum(quantized_bytes(i, o, config, dsize) for i,o in shape.linears.values())
     streamed = t.offload == 'layers'
-    c = {'base weights (2 layers streamed)' if streamed
-         else 'base weights (quantized)' if (config.quantization.load_in_4bit or config.quantization.load_in_8bit)
-         else 'base weights':
+    c = {'base weights (2 layers streamed)' if streamed else 'base weights (quantized)'
+         if (config.quantization.load_in_4bit or config.quantization.load_in_8bit) else 'base weights':
              2 * base / L if streamed else base,
          'embeddings, norms, head': shape.other_params * dsize,
          'LoRA adapters': lora * dsize, 'LoRA gradients': lora * dsize, f'optimizer states ({t.optimizer})': lora * opt}
