@@ -8,9 +8,10 @@ __all__ = ['AXOLOTL_KEYS', 'DATASET_KEYS', 'DATASET_TYPES', 'SCHEDULERS', 'DTYPE
            'OPTIMIZERS', 'alpaca_formats', 'from_axolotl', 'to_axolotl', 'lost_keys']
 
 # %% ../nbs/01_axolotl.ipynb #250f3d5b
-import copy, warnings
+import warnings
 from pathlib import Path
-from .config import (Config, ConfigError, Problem, QloraWarning, config_from_dict, config_to_dict, get_setting, read_yaml)
+from .config import (Config, ConfigError, Problem, QloraWarning, config_from_dict, config_to_dict)
+from .keys import set_key
 
 # %% ../nbs/01_axolotl.ipynb #fd49a556
 AXOLOTL_KEYS = {
@@ -391,11 +392,7 @@ def from_axolotl(d:dict,                 # the Axolotl config, as `yaml.safe_loa
 def _sectioned(flat:dict) -> dict:
     "Dotted keys -> nested sections."
     out = {}
-    for k,v in flat.items():
-        node = out
-        *parents, last = k.split('.')
-        for p in parents: node = node.setdefault(p, {})
-        node[last] = v
+    for k,v in flat.items(): set_key(out, k, v, create=True)
     return out
 
 def _our_lines(lines:dict) -> dict:

@@ -5,9 +5,11 @@
 # %% auto #0
 __all__ = ['SIDES', 'side_history', 'conversation_html', 'ChatPanel']
 
-# %% ../nbs/84_chat_panel.ipynb #4cba5eaa
+# %% ../nbs/84_chat_panel.ipynb #38a4f240
 import dataclasses, html, inspect, threading, time
-from .widgets import Panel, Status, as_store, config_form, heading, library, no_progress_bars, run_in_background, tip, widgets
+from fastcore.basics import patch
+from .widgets import (Backend, Panel, Status, as_store, config_form, heading, no_progress_bars,
+                              run_in_background, tip, widgets)
 
 # %% ../nbs/84_chat_panel.ipynb #0a1b837a
 def side_history(turns:list[dict], # the panel's turns: user, assistant, user, ...
@@ -16,22 +18,25 @@ def side_history(turns:list[dict], # the panel's turns: user, assistant, user, .
     "The `{role, content}` messages one side of the conversation has seen: the user turns it answered, and its answers."
     out = []
     for user, ans in zip(turns[::2], turns[1::2]):
-        if side in ans: out += [{'role': 'user', 'content': user['content']}, {'role': 'assistant', 'content': ans[side]}]
+        if side in ans: out += [{'role': 'user', 'content': user['content']},
+                                {'role': 'assistant', 'content': ans[side]}]
     return out
 
 # %% ../nbs/84_chat_panel.ipynb #ddc9a80e
 SIDES = {'content': ('fine-tuned', '#e3f2fd', 'fine-tuned'), 'base': ('base (adapter off)', '#fff3e0', 'base')}
 
 def _bubble(text:str, who:str, color:str, cls:str, extra:str='') -> str:
-    return (f'<div class="qlora-chat-turn {cls}" style="background:{color};border-radius:6px;padding:6px 10px;margin:4px 0;white-space:pre-wrap">'
-            f'<span style="color:#666;font-size:11px">{html.escape(who)}</span><br><span class="qlora-chat-text">{html.escape(text)}</span>{extra}</div>')
+    style = f'background:{color};border-radius:6px;padding:6px 10px;margin:4px 0;white-space:pre-wrap'
+    return (f'<div class="qlora-chat-turn {cls}" style="{style}"><span style="color:#666;font-size:11px">'
+            f'{html.escape(who)}</span><br><span class="qlora-chat-text">{html.escape(text)}</span>{extra}</div>')
 
 def _answer(t:dict, side:str, last:bool, alone:bool) -> str:
     who, color, cls = SIDES[side]
     who = ('assistant' if alone else who) + (' · stopped' if t.get('stopped') == side else '')
     sent = t.get('prompt', {}).get(side) if last else None
-    fold = (f'<details class="qlora-chat-sent"><summary style="cursor:pointer;color:#666;font-size:11px">what the model was given</summary>'
-            f'<pre style="font-size:11px;max-height:240px;overflow:auto;white-space:pre-wrap">{html.escape(sent)}</pre></details>') if sent else ''
+    fold = ('<details class="qlora-chat-sent"><summary style="cursor:pointer;color:#666;font-size:11px">'
+            'what the model was given</summary><pre style="font-size:11px;max-height:240px;overflow:auto;'
+            f'white-space:pre-wrap">{html.escape(sent)}</pre></details>') if sent else ''
     return _bubble(t[side], who, color, f'qlora-chat-answer qlora-chat-{cls}', fold)
 
 def conversation_html(turns:list[dict]) -> str:
@@ -41,22 +46,24 @@ def conversation_html(turns:list[dict]) -> str:
         last = i == n - 1
         if t['role'] != 'assistant': out.append(_bubble(t['content'], t['role'], '#eeeeee', 'qlora-chat-user'))
         elif 'base' in t:
-            out.append('<div style="display:flex;gap:8px">' + ''.join(f'<div style="flex:1">{_answer(t, s, last, False)}</div>' for s in SIDES) + '</div>')
+            sides = ''.join(f'<div style="flex:1">{_answer(t, s, last, False)}</div>' for s in SIDES)
+            out.append(f'<div style="display:flex;gap:8px">{sides}</div>')
         else: out.append(_answer(t, 'content', last, True))
     return '<div class="qlora-conversation">' + ''.join(out) + '</div>'
 
-# %% ../nbs/84_chat_panel.ipynb #207db2ef
+# %% ../nbs/84_chat_panel.ipynb #9d87d4d6
 def _can_turn_off_adapter(model) -> bool:
     "Does `model.answer` take `base=True` (answer with the adapter disabled, as `ChatModel.answer` does)?"
     try: return 'base' in inspect.signature(model.answer).parameters
     except (TypeError, ValueError): return False
 
+# %% ../nbs/84_chat_panel.ipynb #7d39eb72
 class ChatPanel(Panel):
     "Load the trained model, chat with it with streaming, and compare with the base model."
     def __init__(self, config=None, # a `ConfigStore`, `Config`, YAML path, or nothing for the defaults
-                 load=None): # `load(config) -> ChatModel`; `qlora_nb.chat.load_chat_model` when empty
+                 backend:Backend|None=None): # its `load_chat_model` (the library's by default)
         W = widgets()
-        self.store, self.load, self.model, self.turns = as_store(config), load or library('chat', 'load_chat_model'), None, []
+        self.store, self.backend, self.model, self.turns = as_store(config), backend or Backend(), None, []
         self.status, self._stop = Status(), threading.Event()
         self.load_button = W.Button(description='Load model', icon='download')
         tip(self.load_button, 'Load the base model with the adapter from output_dir')
@@ -66,80 +73,93 @@ class ChatPanel(Panel):
         tip(self.stop_button, 'End the answer at the next token; what was said is kept')
         self.clear_button = W.Button(description='Clear', icon='trash')
         self.compare = W.Checkbox(value=False, description='compare with base (adapter off)', indent=False)
-        tip(self.compare, 'Also answer each prompt with the adapter disabled, side by side; each side keeps its own conversation')
-        for w, c in ((self.load_button, 'load'), (self.prompt, 'prompt'), (self.send_button, 'send'), (self.stop_button, 'stop'),
-                     (self.clear_button, 'clear'), (self.compare, 'compare')): w.add_class(f'qlora-chat-{c}')
+        tip(self.compare, 'Also answer each prompt with the adapter disabled, side by side; each side keeps its own '
+                          'conversation')
+        for w, c in ((self.load_button, 'load'), (self.prompt, 'prompt'), (self.send_button, 'send'),
+                     (self.stop_button, 'stop'), (self.clear_button, 'clear'), (self.compare, 'compare')):
+            w.add_class(f'qlora-chat-{c}')
         self.view = W.HTML(conversation_html([]))
         self.load_button.on_click(lambda b: self.load_model())
         self.send_button.on_click(lambda b: self.send())
         self.stop_button.on_click(lambda b: self.stop())
         self.clear_button.on_click(lambda b: self.clear())
         self.settings = config_form(self.store, 'chat')
-        self.widget = W.VBox([heading('Chat', 'with the model in output_dir'), config_form(self.store, ['output.output_dir']),
-                              self.load_button, heading('Generation', 'used from the next answer'), self.settings,
-                              self.view, self.prompt, W.HBox([self.send_button, self.stop_button, self.clear_button, self.compare]),
-                              self.status.widget])
+        buttons = W.HBox([self.send_button, self.stop_button, self.clear_button, self.compare])
+        self.widget = W.VBox([heading('Chat', 'with the model in output_dir'),
+                              config_form(self.store, ['output.output_dir']), self.load_button,
+                              heading('Generation', 'used from the next answer'), self.settings,
+                              self.view, self.prompt, buttons, self.status.widget])
         self.widget.add_class('qlora-chat-panel')
-
-    def load_model(self):
-        "Load the chat model in the background; returns the thread."
-        config = self.store.config
-        def done(model):
-            self.model, self.send_button.disabled = model, False
-            self.status.ok(f'Loaded from {config.output.output_dir}.')
-        self.task = run_in_background(lambda: self._load(config), self.status, [self.load_button], start='Loading the model…', done=done)
-        return self.task
-
-    def _load(self, config):
-        with no_progress_bars(): return self.load(config)
 
     def clear(self):
         self.turns = []
-        self.view.value = conversation_html(self.turns)
+        self._draw()
 
     def stop(self):
         "End the answer being generated at its next token."
         self.status.info('Stopping at the next token…')  # before the event: the answer may end, and say so, at once
         self._stop.set()
 
-    def send(self, text:str|None=None): # the prompt; the prompt box's text when empty
-        "Answer `text` in the background, streaming into the conversation; returns the thread."
-        text = (text if text is not None else self.prompt.value).strip()
-        if not text or self.model is None: return self.status.info('Load the model, then type a prompt.')
-        self.prompt.value = ''
-        compare, note = self.compare.value, ''
-        if compare and not _can_turn_off_adapter(self.model):
-            compare, note = False, ' This model cannot answer with its adapter off; showing the fine-tuned answer only.'
-        user, turn = {'role': 'user', 'content': text}, {'role': 'assistant', 'content': ''}
-        histories = {s: side_history(self.turns, s) + [user] for s in (['content', 'base'] if compare else ['content'])}
-        self.turns += [user, turn]
-        self._stop = threading.Event()
-        chat = dataclasses.replace(self.store.config.chat)  # the settings at Send, whatever is edited meanwhile
-        self.stop_button.disabled = False
-        self.task = run_in_background(lambda: self._answer(histories, turn, chat), self.status,
-                                      [self.send_button, self.load_button, self.clear_button], start='Answering…', done=lambda r: self._done(turn, r, note))
-        return self.task
-
-    def _answer(self, histories, turn, chat) -> float:
-        t0, last = time.perf_counter(), [0.0]
-        def stream(side):
-            def on_token(piece):
-                turn[side] = turn.get(side, '') + piece
-                if time.monotonic() - last[0] > 0.05: self._draw(); last[0] = time.monotonic()
-            return on_token
-        try:
-            for side, messages in histories.items():
-                if self._stop.is_set(): break
-                turn[side] = ''
-                if hasattr(self.model, 'prompt_text'): turn.setdefault('prompt', {})[side] = self.model.prompt_text(messages, chat=chat)
-                turn[side] = self.model.answer(messages, on_token=stream(side), stop=self._stop, chat=chat, **({'base': True} if side == 'base' else {}))
-                if self._stop.is_set(): turn['stopped'] = side
-        finally: self.stop_button.disabled = True
-        return time.perf_counter() - t0
-
-    def _done(self, turn, secs, note):
-        self._draw()
-        if 'stopped' in turn: self.status.info(f'Stopped after {secs:.1f} s; the partial answer is kept.' + note)
-        else: self.status.ok(f'Answered in {secs:.1f} s.' + note)
-
     def _draw(self): self.view.value = conversation_html(self.turns)
+
+# %% ../nbs/84_chat_panel.ipynb #33605e49
+@patch
+def load_model(self:ChatPanel):
+    "Load the chat model in the background; returns the thread."
+    config = self.store.config
+    def load():
+        with no_progress_bars(): return self.backend.load_chat_model(config)
+    def done(model):
+        self.model, self.send_button.disabled = model, False
+        self.status.ok(f'Loaded from {config.output.output_dir}.')
+    self.task = run_in_background(load, self.status, [self.load_button], start='Loading the model…', done=done)
+    return self.task
+
+# %% ../nbs/84_chat_panel.ipynb #27e13140
+@patch
+def send(self:ChatPanel, text:str|None=None): # the prompt; the prompt box's text when empty
+    "Answer `text` in the background, streaming into the conversation; returns the thread."
+    text = (text if text is not None else self.prompt.value).strip()
+    if not text or self.model is None: return self.status.info('Load the model, then type a prompt.')
+    self.prompt.value = ''
+    compare, note = self.compare.value, ''
+    if compare and not _can_turn_off_adapter(self.model):
+        compare, note = False, ' This model cannot answer with its adapter off; showing the fine-tuned answer only.'
+    user, turn = {'role': 'user', 'content': text}, {'role': 'assistant', 'content': ''}
+    histories = {s: side_history(self.turns, s) + [user] for s in (['content', 'base'] if compare else ['content'])}
+    self.turns += [user, turn]
+    self._stop = threading.Event()
+    chat = dataclasses.replace(self.store.config.chat)  # the settings at Send, whatever is edited meanwhile
+    self.stop_button.disabled = False
+    self.task = run_in_background(lambda: self._answer(histories, turn, chat), self.status,
+                                  [self.send_button, self.load_button, self.clear_button], start='Answering…',
+                                  done=lambda secs: self._done(turn, secs, note))
+    return self.task
+
+# %% ../nbs/84_chat_panel.ipynb #fc8397ea
+@patch
+def _answer(self:ChatPanel, histories:dict, turn:dict, chat) -> float:
+    "Answer each side's history into `turn`, streaming; returns the seconds it took."
+    t0, last = time.perf_counter(), [0.0]
+    def stream(side):
+        def on_token(piece):
+            turn[side] = turn.get(side, '') + piece
+            if time.monotonic() - last[0] > 0.05: self._draw(); last[0] = time.monotonic()
+        return on_token
+    try:
+        for side, messages in histories.items():
+            if self._stop.is_set(): break
+            turn[side] = ''
+            if hasattr(self.model, 'prompt_text'):
+                turn.setdefault('prompt', {})[side] = self.model.prompt_text(messages, chat=chat)
+            adapter = {'base': True} if side == 'base' else {}
+            turn[side] = self.model.answer(messages, on_token=stream(side), stop=self._stop, chat=chat, **adapter)
+            if self._stop.is_set(): turn['stopped'] = side
+    finally: self.stop_button.disabled = True
+    return time.perf_counter() - t0
+
+@patch
+def _done(self:ChatPanel, turn:dict, secs:float, note:str):
+    self._draw()
+    if 'stopped' in turn: self.status.info(f'Stopped after {secs:.1f} s; the partial answer is kept.' + note)
+    else: self.status.ok(f'Answered in {secs:.1f} s.' + note)

@@ -10,12 +10,12 @@ __all__ = ['parse_sets', 'set_sources', 'cmd_config_check', 'cmd_config_init', '
 # %% ../nbs/90_cli.ipynb #3c105b39
 import argparse, contextlib, io, json, os, sys, warnings
 from pathlib import Path
-import yaml
-from .config import (Config, ConfigError, advise, Problem, QloraError, QloraWarning, config_to_dict, config_yaml,
+from .config import (Config, ConfigError, advise, Problem, QloraError, config_to_dict, config_yaml,
                              load_config, save_config)
 from .builtin import model_source
 from .keys import KeyProblem, parse_assignment
 from .loading import data_source
+from .utils import world_size
 
 # %% ../nbs/90_cli.ipynb #0f50582c
 def parse_sets(items:list[str]|None) -> dict:
@@ -81,9 +81,6 @@ def cmd_config_from_axolotl(args) -> int:
     print(f'wrote {out} (from the Axolotl config {args.src})')
     return 0
 
-def _not_yet(name:str):
-    raise QloraError(f'`qlora-nb {name}` is not available in this version of qlora_nb yet.')
-
 # %% ../nbs/90_cli.ipynb #9c71d59c
 def _plain_output():
     "Off a terminal (a log file, a CI job) no progress bars: they are hundreds of redrawn lines there, and the run's progress lines say it."
@@ -142,7 +139,7 @@ def cmd_train(args) -> int:
     "Train the adapter (through `accelerate launch` when several GPUs are asked for)."
     c = _load(args)
     n = args.num_gpus or c.training.num_gpus
-    if n and n > 1 and int(os.environ.get('WORLD_SIZE', 1)) == 1:
+    if n and n > 1 and world_size() == 1:
         import torch
         from qlora_nb.multigpu import launch, check_deepspeed
         check_deepspeed(c)  # a bad DeepSpeed file is said once here, not once per process

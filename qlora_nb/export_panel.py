@@ -6,10 +6,11 @@
 __all__ = ['MERGE_MODES', 'CHOSEN_CSS', 'Progress', 'result_paths', 'paths_html', 'merge_mode_html', 'gguf_types_html',
            'ExportPanel']
 
-# %% ../nbs/85_export_panel.ipynb #e2b2b24f
+# %% ../nbs/85_export_panel.ipynb #caf1e2e2
 import html, logging, threading, time
 from pathlib import Path
-from .widgets import Panel, Status, as_store, config_form, heading, library, no_progress_bars, run_in_background, tip, widgets
+from .widgets import (Backend, Panel, Status, as_store, config_form, heading, no_progress_bars,
+                              run_in_background, tip, widgets)
 
 # %% ../nbs/85_export_panel.ipynb #d8792764
 class Progress(logging.Handler):
@@ -21,7 +22,8 @@ class Progress(logging.Handler):
     def _tick(self):
         while not self._end.wait(1): self._show()
     def _show(self):
-        self.status.info(f'{self.what}… {time.perf_counter() - self.t0:.0f} s' + (f': {self.last}' if self.last else ''))
+        said = f': {self.last}' if self.last else ''
+        self.status.info(f'{self.what}… {time.perf_counter() - self.t0:.0f} s{said}')
     def __enter__(self):
         self.log, self.t0 = logging.getLogger('qlora_nb'), time.perf_counter()
         self.level = self.log.level
@@ -38,7 +40,6 @@ class Progress(logging.Handler):
 # %% ../nbs/85_export_panel.ipynb #cab450b5
 def result_paths(r) -> list:
     "The files a merge or export wrote: from a path, a list, or a result with `files`/`modelfile` or `path`."
-    from pathlib import Path
     if isinstance(r, (str, Path)): return [Path(r)]
     if isinstance(r, (list, tuple)): return [p for x in r for p in result_paths(x)]
     files = list(getattr(r, 'files', {}).values()) + [m for m in [getattr(r, 'modelfile', None)] if m]
@@ -47,16 +48,18 @@ def result_paths(r) -> list:
 def paths_html(paths) -> str:
     "The written files, one per line, with their sizes."
     def one(p):
-        size = sum(f.stat().st_size for f in p.rglob('*') if f.is_file()) if p.is_dir() else p.stat().st_size if p.exists() else 0
+        if p.is_dir(): size = sum(f.stat().st_size for f in p.rglob('*') if f.is_file())
+        else: size = p.stat().st_size if p.exists() else 0
         shown = f'{size/2**20:.1f} MiB' if size >= 2**20 else f'{size/2**10:.1f} KiB'
         return f'<li><code>{html.escape(str(p))}</code> ({shown})</li>'
     return '<ul class="qlora-export-paths">' + ''.join(one(p) for p in paths) + '</ul>'
 
 # %% ../nbs/85_export_panel.ipynb #a32c06ca
 MERGE_MODES = {'base': 'adds the adapter to the original 16-bit weights: the usual choice, the base at full quality',
-               'dequantized': 'adds it to the 4-bit weights it was trained against, dequantized: exactly the trained model, with 4-bit rounding'}
-CHOSEN_CSS = ('<style>.qlora-export-panel .qlora-output-gguf-types option:checked {background: #1565c0 linear-gradient(#1565c0, #1565c0);'
-              ' color: #fff; font-weight: bold}</style>')
+               'dequantized': 'adds it to the 4-bit weights it was trained against, dequantized: exactly the trained '
+                              'model, with 4-bit rounding'}
+CHOSEN_CSS = ('<style>.qlora-export-panel .qlora-output-gguf-types option:checked '
+              '{background: #1565c0 linear-gradient(#1565c0, #1565c0); color: #fff; font-weight: bold}</style>')
 
 def merge_mode_html(mode:str) -> str:
     "One line per merge mode, the chosen one in bold."
@@ -67,17 +70,16 @@ def merge_mode_html(mode:str) -> str:
 def gguf_types_html(types:list) -> str:
     "The chosen GGUF types, named."
     chosen = ', '.join(types) or 'none: choose at least one'
-    return CHOSEN_CSS + f'<div class="qlora-gguf-chosen" style="font-size:12px">exporting: <b style="color:#1565c0">{html.escape(chosen)}</b></div>'
+    return (CHOSEN_CSS + '<div class="qlora-gguf-chosen" style="font-size:12px">'
+            f'exporting: <b style="color:#1565c0">{html.escape(chosen)}</b></div>')
 
 # %% ../nbs/85_export_panel.ipynb #4b1480de
 class ExportPanel(Panel):
     "Merge and GGUF export of the trained adapter, in the background, with every path written so far."
     def __init__(self, config=None, # a `ConfigStore`, `Config`, YAML path, or nothing for the defaults
-                 merge=None, # `merge(config) -> Path`; `qlora_nb.merge.merge` when empty
-                 export=None): # `export(config) -> list[Path]`; `qlora_nb.export.export` when empty
+                 backend:Backend|None=None): # its `merge` and `export` (the library's by default)
         W = widgets()
-        self.store, self.status, self.made = as_store(config), Status(), {}
-        self.merge, self.export = merge or library('merge', 'merge'), export or library('export', 'export')
+        self.store, self.backend, self.status, self.made = as_store(config), backend or Backend(), Status(), {}
         self.merge_button = W.Button(description='Merge', icon='compress')
         self.export_button = W.Button(description='Export GGUF', icon='file-export')
         tip(self.merge_button, 'Write a standalone 16-bit model (base + adapter merged) to merged_dir')
@@ -101,7 +103,7 @@ class ExportPanel(Panel):
 
     def run(self, what:str): # 'merge' or 'export'
         "Merge or export in the background; returns the thread."
-        config, fn = self.store.config, getattr(self, what)
+        config, fn = self.store.config, getattr(self.backend, what)
         verb = {'merge': 'Merging', 'export': 'Exporting'}[what]
         def work():
             t0 = time.perf_counter()

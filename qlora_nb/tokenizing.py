@@ -4,11 +4,10 @@
 
 # %% auto #0
 __all__ = ['IGNORE', 'PROBE_TOOLS', 'render_many', 'turn_end', 'next_turn_end', 'generated_part', 'locate_turn', 'chat_spans',
-           'labels_from_spans', 'tokenize_texts', 'SampleTokenizer', 'reference_trained_turns', 'trained_runs',
-           'random_conversation']
+           'labels_from_spans', 'tokenize_texts', 'SampleTokenizer', 'reference_trained_turns', 'trained_runs']
 
 # %% ../nbs/13_tokenizing.ipynb #f6c3c65c
-import bisect, os, random, re
+import bisect, os, re
 from transformers.utils.chat_template_utils import render_jinja_template
 from .formats import BadRow
 
@@ -292,14 +291,3 @@ def trained_runs(tokenizer, labels:list[int])->list[str]:
         if l != IGNORE: cur.append(l)
         elif cur: runs.append(tokenizer.decode(cur)); cur = []
     return runs
-
-def random_conversation(rng:random.Random, words:list[str], system:bool=True)->list[dict]:
-    "A random conversation: optional system prompt, 1-4 exchanges, leading and trailing whitespace, repeated answers, `words` and non-ASCII text."
-    def say():
-        s = ' '.join(rng.choice(words) for _ in range(rng.randint(1, 12))) + rng.choice(['', '.', '?', ' é', ' 日本', '\n\nok'])
-        return rng.choice(['', '', ' ', '\n', '\n\n']) + s + rng.choice(['', '', ' ', '\n', '  \n', '\n\n'])
-    msgs, answers = ([{'role': 'system', 'content': say()}] if system and rng.random() < 0.4 else []), []
-    for _ in range(rng.randint(1, 4)):
-        answers.append(rng.choice(answers) if answers and rng.random() < 0.3 else say())
-        msgs += [{'role': 'user', 'content': say()}, {'role': 'assistant', 'content': answers[-1]}]
-    return msgs

@@ -7,17 +7,18 @@ __all__ = ['TRAIN_KEYS', 'run_summary', 'warned_html', 'TrainPanel']
 
 # %% ../nbs/83_train_panel.ipynb #8da813b4
 import copy, html
-from .widgets import Panel, Status, as_store, config_form, heading, library, run_in_background, tip, widgets
+from fastcore.basics import patch
+from .widgets import Backend, Panel, Status, as_store, config_form, heading, run_in_background, tip, widgets
 from .train import quiet_kernel_hub_notice
 
 quiet_kernel_hub_notice()  # the app is built before any tab imports bitsandbytes (see 30_train)
 
-# %% ../nbs/83_train_panel.ipynb #c86f0ec2
-TRAIN_KEYS = ['training.max_steps', 'training.num_epochs', 'training.micro_batch_size', 'training.gradient_accumulation_steps',
-              'training.learning_rate', 'training.lr_scheduler', 'training.warmup_ratio', 'training.optimizer',
-              'training.gradient_checkpointing', 'training.logging_steps', 'training.eval_steps', 'training.save_steps',
-              'training.seed', 'output.output_dir']
-
+# %% ../nbs/83_train_panel.ipynb #8f2a23ae
+TRAIN_KEYS = ['training.max_steps', 'training.num_epochs', 'training.micro_batch_size',
+              'training.gradient_accumulation_steps', 'training.learning_rate', 'training.lr_scheduler',
+              'training.warmup_ratio', 'training.optimizer', 'training.gradient_checkpointing',
+              'training.logging_steps', 'training.eval_steps', 'training.save_steps', 'training.seed',
+              'output.output_dir']
 
 def run_summary(history:list[dict]) -> str:
     "One line about a finished run from its logged history: steps, last training loss, last eval loss."
@@ -25,8 +26,10 @@ def run_summary(history:list[dict]) -> str:
     steps = max((h.get('step') or 0) for h in history)
     loss = [h['loss'] for h in history if h.get('loss') is not None]
     ev = [h['eval_loss'] for h in history if h.get('eval_loss') is not None]
-    return f'{steps} steps' + (f', last loss {loss[-1]:.4f}' if loss else '') + (f', eval loss {ev[-1]:.4f}' if ev else '')
+    return (f'{steps} steps' + (f', last loss {loss[-1]:.4f}' if loss else '')
+            + (f', eval loss {ev[-1]:.4f}' if ev else ''))
 
+# %% ../nbs/83_train_panel.ipynb #95324038
 def warned_html(line:str, # the run's summary
                 warnings:list[str]) -> str: # what the guards said
     "The end of a run the guards warned about: not a plain green \"Finished\", but amber, with the warnings."
@@ -35,15 +38,13 @@ def warned_html(line:str, # the run's summary
     return (f'<div style="color:#8a4b00"><b>Finished with {n}</b>: {html.escape(line)}'
             f'<ul style="margin:2px 0 0 0;white-space:pre-wrap">{items}</ul></div>')
 
+# %% ../nbs/83_train_panel.ipynb #25f84388
 class TrainPanel(Panel):
     "Training settings, Start and Stop, and the live view of the current run."
     def __init__(self, config=None, # a `ConfigStore`, `Config`, YAML path, or nothing for the defaults
-                 train=None, # `train(config, background=True, view=...) -> Run`; `qlora_nb.train.train` when empty
-                 make_view=None): # a new live view per run (with `.widget`); `qlora_nb.live.NotebookView` when empty
+                 backend:Backend|None=None): # its `train` and `NotebookView` (the library's by default)
         W = widgets()
-        self.store, self.run, self.view = as_store(config), None, None
-        # the panel's Stop button is the run's: the view's own would be a second one
-        self.train, self.make_view = train or library('train', 'train'), make_view or (lambda: library('live', 'NotebookView')(stop_button=False))
+        self.store, self.backend, self.run, self.view = as_store(config), backend or Backend(), None, None
         self.status = Status()
         self.start_button = W.Button(description='Start training', button_style='success', icon='play')
         self.stop_button = W.Button(description='Stop', button_style='danger', icon='stop', disabled=True)
@@ -54,37 +55,43 @@ class TrainPanel(Panel):
         self.stop_button.on_click(lambda b: self.stop())
         self.view_box = W.VBox([])
         self.view_box.add_class('qlora-train-view')
-        self.widget = W.VBox([heading('Training', 'one optimizer step = micro_batch_size x gradient_accumulation_steps samples'),
-                              W.HBox([config_form(self.store, TRAIN_KEYS[:7]), config_form(self.store, TRAIN_KEYS[7:])]),
+        step = 'one optimizer step = micro_batch_size x gradient_accumulation_steps samples'
+        forms = W.HBox([config_form(self.store, TRAIN_KEYS[:7]), config_form(self.store, TRAIN_KEYS[7:])])
+        self.widget = W.VBox([heading('Training', step), forms,
                               W.HBox([self.start_button, self.stop_button]),
                               self.status.widget, self.view_box])
         self.widget.add_class('qlora-train-panel')
 
-    def start(self):
-        "Start a run in the background; returns the thread that waits for it (None when the view cannot be made)."
-        config = copy.deepcopy(self.store.config)
-        try: view = self.make_view()
-        except Exception as e: return self.status.error(e)
-        self.view_box.children = [view.widget]
-        self.view = view
-        def work():
-            self.run = self.train(config, background=True, view=view)
-            self.stop_button.disabled = False
-            try: return self.run.wait()
-            finally: self.stop_button.disabled = True
-        def done(result):
-            early = ' (stopped early)' if getattr(result, 'stopped', False) else ''
-            line = f'{run_summary(result.history)}{early}. Adapter in {config.output.output_dir}'
-            if ws := getattr(result, 'warnings', None): self.status.widget.value = warned_html(line, ws)
-            else: self.status.ok(f'Finished: {line}')
-        self.task = run_in_background(work, self.status, [self.start_button], start='Training…', done=done)
-        return self.task
+# %% ../nbs/83_train_panel.ipynb #50b8d719
+@patch
+def start(self:TrainPanel):
+    "Start a run in the background; returns the thread that waits for it (None when the view cannot be made)."
+    config = copy.deepcopy(self.store.config)
+    try: view = self.backend.NotebookView(stop_button=False)
+    except Exception as e: return self.status.error(e)
+    self.view_box.children = [view.widget]
+    self.view = view
+    def work():
+        self.run = self.backend.train(config, background=True, view=view)
+        self.stop_button.disabled = False
+        try: return self.run.wait()
+        finally: self.stop_button.disabled = True
+    def done(result):
+        early = ' (stopped early)' if getattr(result, 'stopped', False) else ''
+        line = f'{run_summary(result.history)}{early}. Adapter in {config.output.output_dir}'
+        if ws := getattr(result, 'warnings', None): self.status.widget.value = warned_html(line, ws)
+        else: self.status.ok(f'Finished: {line}')
+    self.task = run_in_background(work, self.status, [self.start_button], start='Training…', done=done)
+    return self.task
 
-    def stop(self):
-        "Ask the current run to stop after its current step."
-        if self.run is not None and not self.run.done:
-            # Through the live view when it has a stop of its own, so its button shows the stop too.
-            if hasattr(self.view, 'request_stop'): self.view.request_stop()
-            else: self.run.stop()
-            self.stop_button.disabled = True
-            self.status.info('Stopping after the current step…')
+# %% ../nbs/83_train_panel.ipynb #fdba03e4
+@patch
+def stop(self:TrainPanel):
+    "Ask the current run to stop after its current step."
+    if self.run is not None and not self.run.done:
+        # The status first: the run may end at once, and its 'Finished' must not be overwritten.
+        self.status.info('Stopping after the current step…')
+        self.stop_button.disabled = True
+        # Through the live view when it has a stop of its own, so its button shows the stop too.
+        if hasattr(self.view, 'request_stop'): self.view.request_stop()
+        else: self.run.stop()

@@ -119,10 +119,21 @@ def _tab(page, title:str):
     page.wait_for_timeout(300)
 
 
-def _setting(page, key:str, value:str):
-    "Type `value` into the input of the setting `key` (found by its CSS class, `css_name`) and commit it."
+def _field(page, key:str, within:str=''):
+    "The input of the setting `key` (a dotted key such as `lora.r`), found by its CSS class (`css_name`)."
     from qlora_nb.widgets import css_name
-    box = page.locator(f'.{css_name(key)} input').first
+    return page.locator(f'{within} .{css_name(key)} input'.strip()).first
+
+
+def _shown(page, key:str) -> bool:
+    "Whether the page has a widget for the setting `key` (an input, a dropdown, ...)."
+    from qlora_nb.widgets import css_name
+    return page.locator(f'.{css_name(key)}').count() > 0
+
+
+def _setting(page, key:str, value:str, within:str=''):
+    "Type `value` into the input of the setting `key` and commit it."
+    box = _field(page, key, within)
     box.fill(value); box.press('Enter')
     page.wait_for_timeout(300)
 
@@ -161,13 +172,13 @@ def test_app_in_jupyterlab(lab, shots):
             before = _wait_text(page, '.qlora-memory', lambda t: 'estimated peak' in t, what='memory estimate')
             table_before = _text(page, '.qlora-setup-panel')
             _shot(page, shots/'1-model.png')
-            r = page.locator('.qlora-lora-r input').first
+            r = _field(page, 'lora.r')
             r.fill('64'); r.press('Enter')
             after = _wait_text(page, '.qlora-memory', lambda t: 'estimated peak' in t and t != before, 30, 'memory estimate after r=64')
             assert after != before
             assert _text(page, '.qlora-setup-panel') != table_before
             # A budget too small: the bar turns red and the fixes are listed.
-            budget = page.locator('.qlora-training-memory-budget-gib input').first
+            budget = _field(page, 'training.memory_budget_gib')
             budget.fill('0.3'); budget.press('Enter')
             _wait_text(page, '.qlora-setup-panel', lambda t: 'does NOT fit' in t and 'To fit' in t, 60, 'the fixes for a small budget')
             _shot(page, shots/'2-model-r64.png')
@@ -179,7 +190,7 @@ def test_app_in_jupyterlab(lab, shots):
             _shot(page, shots/'2b-model-loaded.png')
             # A model folder that does not exist: the old report goes (greyed at the edit, cleared by the failed Load),
             # the estimate's bar empties, and the error shows right under Load.
-            base = page.locator('.qlora-model-base-model input').first
+            base = _field(page, 'model.base_model')
             base.fill('/nonexistent/model-folder'); base.press('Enter')
             _wait_text(page, '.qlora-load-report', lambda t: 'outdated: settings changed, press Load again' in t, 30, 'the report marked outdated')
             page.locator('.qlora-load-model').first.click()
@@ -198,11 +209,11 @@ def test_app_in_jupyterlab(lab, shots):
             _wait_text(page, '.qlora-preview-output', lambda t: len(t.strip()) > 20, 180, 'preview of row 0')
             _shot(page, shots/'3-data-preview.png')
             # The fix of a malformed line names data.on_bad_rows: it is in the Data tab's form.
-            assert page.locator('.qlora-data-on-bad-rows').count() and page.locator('.qlora-data-datasets-0-system-prompt').count()
+            assert _shown(page, 'data.on_bad_rows') and _shown(page, 'data.datasets[0].system_prompt')
             # A sequence_len too short for every row: the table and preview are marked outdated at the edit, the failed
             # check clears the table (no stale "1 training sequence" above a "0 training sequences" error), and the
             # error shows under Check data, not under the preview.
-            seq = page.locator('.qlora-data-sequence-len input').first
+            seq = _field(page, 'data.sequence_len')
             seq.fill('16'); seq.press('Enter')
             _wait_text(page, '.qlora-data-report', lambda t: 'outdated: settings changed, press Check data again' in t, 30, 'the table marked outdated')
             assert 'outdated' in _text(page, '.qlora-preview-output')
@@ -290,10 +301,9 @@ def test_app_in_jupyterlab(lab, shots):
             # shown in the Train tab, and the run does not end in a plain green "Finished". Its own folder, so the
             # adapter the Chat and Export tabs used stays as it was.
             _tab(page, 'Train')
-            for key, value in (('training-learning-rate', '10'), ('training-max-steps', '3'), ('output-output-dir', 'outputs/browser-lr10')):
-                box = page.locator(f'.qlora-train-panel .qlora-{key} input').first
-                box.fill(value); box.press('Enter')
-            page.wait_for_timeout(500)
+            for key, value in (('training.learning_rate', '10'), ('training.max_steps', '3'),
+                               ('output.output_dir', 'outputs/browser-lr10')):
+                _setting(page, key, value, within='.qlora-train-panel')
             page.locator('.qlora-train-start').first.click()
             _wait_text(page, '.qlora-train-panel .qlora-status', lambda t: t.startswith('Training'), 60, 'the lr-10 run starting')
             status = _wait_text(page, '.qlora-train-panel .qlora-status', lambda t: t and not t.startswith('Training'), 400, 'end of the lr-10 run')
@@ -312,7 +322,7 @@ def test_app_in_jupyterlab(lab, shots):
             _wait_text(page, '.qlora-set-status', lambda t: 'data.datasets[5]' in t and 'has 1 item' in t, 30, 'the error for a bad index')
             _shot(page, shots/'10-config-set.png')
             _tab(page, 'Data')
-            assert page.locator('.qlora-data-datasets-0-path input').first.input_value() == 'my/persona.jsonl'
+            assert _field(page, 'data.datasets[0].path').input_value() == 'my/persona.jsonl'
         except BaseException:
             page.screenshot(path=shots/'failure.png', full_page=True)
             print('page text at the failure:\n' + page.locator('.jp-Notebook').first.inner_text()[-4000:], '\nerrors:', errors)

@@ -1,6 +1,5 @@
 "The `qlora-nb config` commands, run as a user runs them: real files, real exit codes, one line per problem."
-import json, re
-from pathlib import Path
+import json
 import pytest, yaml
 from conftest import FIXTURES, qlora_nb_cli
 

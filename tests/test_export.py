@@ -2,7 +2,6 @@
 right (gguf and transformers' own GGUF loader), and llama.cpp itself (the `xllamacpp` wheels) tokenizes, scores and
 answers as transformers does. The tiny models add the Qwen2 and Llama 3.1 rotary cases and the CLI's edges."""
 import json, os, shutil, urllib.request
-from pathlib import Path
 import numpy as np
 import pytest
 import yaml

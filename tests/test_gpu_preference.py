@@ -6,7 +6,7 @@ through peft + bitsandbytes as they are. The reference pass (adapter off) is the
 DPO steps with `train(config)` on the fast path move the reward margin up. Run on the device:
 `pytest -m gpu tests/test_gpu_preference.py`.
 """
-import json, time
+import time
 import pytest, torch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')]
@@ -18,7 +18,7 @@ PAIRS = [{'prompt': f'Question {i}: what colour is the sky?', 'chosen': 'Blue.',
 def setup(tmp_path_factory):
     import transformers
     from qlora_nb.config import load_config
-    from qlora_nb.data import write_jsonl
+    from qlora_nb.utils import write_jsonl
     from qlora_nb.tiny import build_tiny
     tmp = tmp_path_factory.mktemp('dpo')
     cfg = transformers.LlamaConfig(vocab_size=4096, hidden_size=1024, intermediate_size=3584, num_hidden_layers=4,

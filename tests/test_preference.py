@@ -1,7 +1,7 @@
 "Preference tuning on the CPU with the real SmolLM2-135M-Instruct (4-bit, LoRA): DPO moves the reward margin the right way; ORPO and KTO train."
-import json, warnings
+import json
 import pytest
-from qlora_nb.data import write_jsonl
+from qlora_nb.utils import write_jsonl
 from qlora_nb.train import train
 
 PAIRS = [{'prompt': 'Sky colour?', 'chosen': 'Blue.', 'rejected': 'Green, with purple spots.'},

@@ -1,9 +1,8 @@
 "Our built-in chat templates render exactly like each family's real template (llama.cpp's copies) or its documented format."
-from pathlib import Path
 import pytest
 from transformers.utils.chat_template_utils import _compile_jinja_template
-from qlora_nb.config import Config, validate
-from qlora_nb.templates import (BUILTIN_TEMPLATES, TEMPLATE_ALIASES, builtin_template, template_problem, template_name,
+from qlora_nb.config import Config
+from qlora_nb.templates import (TEMPLATE_ALIASES, builtin_template, template_problem, template_name,
                                 template_family, template_label, resolve_template, template_from_setting)
 from conftest import qlora_nb_cli
 

@@ -1,5 +1,5 @@
 "End-to-end training on the tiny model (CPU, NF4): exact resume, each guard triggered in a real run, Stop."
-import json, math, warnings
+import json
 from pathlib import Path
 import pytest, torch
 from transformers import TrainerCallback
@@ -31,7 +31,7 @@ def losses(out) -> dict:
 
 def test_resume_is_exact(tmp_path):
     "A run interrupted after step 3 and resumed has the same losses at the same steps as one that was not."
-    full = train(small(tmp_path/'full', save_steps=3), eval_before=False)
+    train(small(tmp_path/'full', save_steps=3), eval_before=False)
     with pytest.raises(KeyboardInterrupt):
         train(small(tmp_path/'cut', save_steps=3), callbacks=[Interrupt(3)], eval_before=False)
     assert (tmp_path/'cut'/'checkpoint-3'/'qlora_nb_complete.json').exists()

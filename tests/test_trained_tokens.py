@@ -5,7 +5,8 @@ import pytest
 from transformers import AutoTokenizer
 from qlora_nb.builtin import resolve_model_path
 from qlora_nb.config import Config, DatasetConfig
-from qlora_nb.data import prepare_data, write_jsonl
+from qlora_nb.data import prepare_data
+from qlora_nb.utils import write_jsonl
 from qlora_nb.formats import BadRow, to_sample
 from qlora_nb.tokenizing import IGNORE, SampleTokenizer, next_turn_end, turn_end
 
