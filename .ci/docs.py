@@ -4,10 +4,12 @@
     python .ci/docs.py check-readme    # fail if README.md is not what index.ipynb makes
     python .ci/docs.py build [OUT]     # nbdev's processing of every notebook, then nbconvert to HTML (default _docs/)
 
+`build` also checks that every output a notebook keeps (a report, a table, a plot) is on its page.
+
 `nbdev_docs` (with Quarto) renders the same processed notebooks where Quarto exists. A notebook whose
 processing or conversion fails makes `build` exit non-zero, so CI catches docs that would not render.
 """
-import re, sys
+import html, re, sys
 from pathlib import Path
 
 import nbformat
@@ -47,6 +49,34 @@ def syntax_errors() -> int:
     return bad
 
 
+ANSI = re.compile(r'\x1b\[[0-9;]*m')
+
+def output_marks(o) -> list[str]:
+    "Short pieces of a kept output that its HTML page must contain: a line of text, or the start of an image."
+    d = o.get('data', {})
+    if 'image/png' in d: return [d['image/png'].replace('\n', '')[:60]]
+    text = o.get('text', '') if o.get('output_type') == 'stream' else d.get('text/html') or d.get('text/markdown') or d.get('text/plain', '')
+    if 'text/html' in d: text = re.sub(r'<[^>]+>', '\n', text)
+    lines = [l.strip() for l in ANSI.sub('', html.unescape(text if isinstance(text, str) else ''.join(text))).splitlines()]
+    return [l[:60] for l in lines if l][:1]
+
+
+def missing_outputs(out: Path) -> int:
+    "For every notebook that keeps outputs, check that its page shows each of them; returns the number missing."
+    bad = 0
+    for p in sorted((ROOT/'nbs').rglob('*.ipynb')):
+        if '.ipynb_checkpoints' in p.parts: continue
+        marks = [m for c in nbformat.read(p, as_version=4).cells if c.cell_type == 'code' for o in c.get('outputs', []) for m in output_marks(o)]
+        if not marks: continue
+        page = out/p.relative_to(ROOT/'nbs').with_suffix('.html')
+        text = html.unescape(page.read_text(encoding='utf-8')) if page.exists() else ''
+        lost = [m for m in marks if m not in text]
+        for m in lost: print(f'docs: FAILED {page.name} lacks an output {p.name} keeps: {m!r}', file=sys.stderr)
+        bad += len(lost)
+        if not lost: print(f'docs: {page.name} shows the {len(marks)} outputs {p.name} keeps')
+    return bad
+
+
 def build(out: Path) -> int:
     "Process the notebooks as nbdev_docs does, then convert each to HTML; returns the number of failures."
     import os
@@ -71,7 +101,7 @@ def build(out: Path) -> int:
     for missing in sorted(set(expected) - set(made)):
         failed += 1
         print(f'docs: FAILED {missing}.ipynb was not rendered', file=sys.stderr)
-    return failed
+    return failed + missing_outputs(out)
 
 
 if __name__ == '__main__':

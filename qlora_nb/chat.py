@@ -57,6 +57,7 @@ def stop_when(event:threading.Event, # set it (a Stop button) to end the generat
             return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
     return StopOnEvent()
 
+# %% ../nbs/60_chat.ipynb #79436f7f
 class ChatModel:
     "A trained model and its tokenizer, answering with the training chat template; with several adapters, with any."
     def __init__(self, model, tokenizer, config:Config,
@@ -93,7 +94,8 @@ class ChatModel:
     def _gen_kwargs(self, chat:ChatConfig|None=None, stop:threading.Event|None=None, **over) -> dict:
         from transformers import StoppingCriteriaList
         ch = chat or self.config.chat
-        kw = dict(max_new_tokens=ch.max_new_tokens, repetition_penalty=ch.repetition_penalty, eos_token_id=self.stop_ids,
+        kw = dict(max_new_tokens=ch.max_new_tokens, repetition_penalty=ch.repetition_penalty,
+                  eos_token_id=self.stop_ids,
                   pad_token_id=self.tokenizer.pad_token_id)
         if stop is not None: kw['stopping_criteria'] = StoppingCriteriaList([stop_when(stop)])
         temp = over.pop('temperature', ch.temperature)
@@ -102,7 +104,8 @@ class ChatModel:
 
     def prompt_text(self, conversation, chat:ChatConfig|None=None) -> str:
         "The text the model is given for `conversation`: the chat template applied, up to where the answer starts."
-        return self.tokenizer.apply_chat_template(self._messages(conversation, chat), add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.apply_chat_template(self._messages(conversation, chat), add_generation_prompt=True,
+                                                  tokenize=False)
 
     def answer(self, conversation,     # a user message, or a list of `{role, content}` messages
                on_token=None,          # called with each piece of text as it is generated (streaming)
@@ -114,7 +117,8 @@ class ChatModel:
         "The model's answer to `conversation`."
         import torch
         tok = self.tokenizer
-        enc = tok.apply_chat_template(self._messages(conversation, chat), add_generation_prompt=True, return_tensors='pt', return_dict=True)
+        enc = tok.apply_chat_template(self._messages(conversation, chat), add_generation_prompt=True,
+                                      return_tensors='pt', return_dict=True)
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
         kw = self._gen_kwargs(chat, stop, **gen)
         with self.side(base, adapter), torch.no_grad():

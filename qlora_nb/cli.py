@@ -183,12 +183,15 @@ def cmd_export(args) -> int:
 # %% ../nbs/90_cli.ipynb #91fc7cb9
 def _with_config(p, help='the YAML config (ours or Axolotl)'):
     p.add_argument('config', help=help)
-    p.add_argument('--set', action='append', metavar='KEY=VALUE', help='change one setting, e.g. --set lora.r=32 (repeatable)')
+    p.add_argument('--set', action='append', metavar='KEY=VALUE',
+                   help='change one setting, e.g. --set lora.r=32 (repeatable)')
     return p
 
+# %% ../nbs/90_cli.ipynb #4b4dbd64
 def make_parser() -> argparse.ArgumentParser:
     "The `qlora-nb` argument parser."
-    ap = argparse.ArgumentParser(prog='qlora-nb', description='QLoRA fine-tuning of LLMs: the CLI over the qlora_nb functions.')
+    ap = argparse.ArgumentParser(prog='qlora-nb',
+                                 description='QLoRA fine-tuning of LLMs: the CLI over the qlora_nb functions.')
     ap.add_argument('--version', action='version', version=f'qlora_nb {__version__}')
     sub = ap.add_subparsers(dest='command', metavar='COMMAND', required=True)
 
@@ -198,12 +201,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help='change one setting of the demo config')
     p.set_defaults(func=cmd_demo)
 
-    cfg = sub.add_parser('config', help='check, create and convert config files').add_subparsers(dest='config_command', metavar='ACTION', required=True)
+    cfg = sub.add_parser('config', help='check, create and convert config files').add_subparsers(dest='config_command',
+                                                                                                 metavar='ACTION',
+                                                                                                 required=True)
     p = _with_config(cfg.add_parser('check', help='validate a config and print the effective settings'))
     p.add_argument('--json', action='store_true', help='print the effective config as JSON')
     p.set_defaults(func=cmd_config_check)
     p = cfg.add_parser('init', help='write a config with every setting documented')
-    p.add_argument('out', help='the YAML file to write'); p.add_argument('--force', action='store_true', help='overwrite OUT')
+    p.add_argument('out', help='the YAML file to write'); p.add_argument('--force', action='store_true',
+                                                                         help='overwrite OUT')
     p.set_defaults(func=cmd_config_init)
     p = cfg.add_parser('from-axolotl', help='convert an Axolotl YAML config to a qlora_nb config')
     p.add_argument('src', help='the Axolotl YAML file'); p.add_argument('out', help='the qlora_nb YAML file to write')
@@ -211,8 +217,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help='change one setting (our dotted keys)')
     p.set_defaults(func=cmd_config_from_axolotl)
 
-    p = _with_config(sub.add_parser('preprocess', help='tokenize the data and report what was kept, dropped and trained'))
-    p.add_argument('--preview', type=int, default=0, metavar='N', help='show N processed samples with trained tokens marked')
+    p = _with_config(sub.add_parser('preprocess',
+                                    help='tokenize the data and report what was kept, dropped and trained'))
+    p.add_argument('--preview', type=int, default=0, metavar='N',
+                   help='show N processed samples with trained tokens marked')
     p.add_argument('--json', action='store_true', help='print the accounting as one JSON object')
     p.set_defaults(func=cmd_preprocess)
 
@@ -227,12 +235,14 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = _with_config(sub.add_parser('chat', help='chat with the trained model'))
     p.add_argument('--adapter', help='adapter folder (default: the config output_dir)')
-    p.add_argument('--prompt', action='append', help='answer this prompt and exit (repeatable); without it, chat interactively')
+    p.add_argument('--prompt', action='append',
+                   help='answer this prompt and exit (repeatable); without it, chat interactively')
     p.add_argument('--no-adapter', action='store_true', help='answer with the base model alone, for comparison')
     p.set_defaults(func=cmd_chat)
 
     p = _with_config(sub.add_parser('merge', help='merge the adapter into a standalone 16-bit model'))
-    p.add_argument('--mode', choices=['base', 'dequantized'], help='merge into the 16-bit base or the dequantized 4-bit base')
+    p.add_argument('--mode', choices=['base', 'dequantized'],
+                   help='merge into the 16-bit base or the dequantized 4-bit base')
     p.add_argument('--out', help='folder to write (default <output_dir>/merged)')
     p.set_defaults(func=cmd_merge)
 

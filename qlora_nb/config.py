@@ -6,8 +6,8 @@
 __all__ = ['SECTIONS', 'ALIASES', 'LOSS_TYPES', 'RULES', 'ADVICE', 'setting', 'ModelConfig', 'QuantConfig', 'LoraConfig',
            'DatasetConfig', 'DataConfig', 'TrainConfig', 'PreferenceConfig', 'OutputConfig', 'ChatConfig', 'Config',
            'field_docs', 'describe_type', 'conform', 'suggest', 'build', 'validate', 'advise', 'config_to_dict',
-           'config_from_dict', 'read_yaml', 'is_axolotl', 'apply_overrides', 'load_config', 'save_config',
-           'config_yaml', 'get_setting', 'set_setting']
+           'config_from_dict', 'read_yaml', 'is_axolotl', 'apply_overrides', 'load_config', 'config_yaml',
+           'save_config', 'get_setting', 'set_setting']
 
 # %% ../nbs/00_config.ipynb #53eb4f0a
 import copy, dataclasses, difflib, importlib, json, os, types, warnings
@@ -47,6 +47,7 @@ class ModelConfig:
     special_tokens:dict[str,str]=setting({}) # special tokens to set on the tokenizer, e.g. `{pad_token: '<|eot_id|>'}`
     tokens:list[str]=setting([]) # new tokens to add to the vocabulary (their embeddings are then trained)
 
+# %% ../nbs/00_config.ipynb #5f1c3d80
 @dataclass
 class QuantConfig:
     "How the frozen base weights are stored: 4-bit (QLoRA), 8-bit, or not quantized (plain LoRA)."
@@ -56,6 +57,7 @@ class QuantConfig:
     double_quant:bool=True # quantize the quantization constants too: saves about 0.37 bits per parameter
     compute_dtype:Literal['auto','bfloat16','float16','float32']='auto' # dtype of the matmuls; `auto` is bfloat16 where the device supports it, else float16 on GPUs and float32 on CPUs
 
+# %% ../nbs/00_config.ipynb #5ab8afdf
 @dataclass
 class LoraConfig:
     "The trainable low-rank adapters attached to the frozen base model."
@@ -70,6 +72,7 @@ class LoraConfig:
     fused:bool|Literal['auto']='auto' # fused 4-bit + LoRA layers (one dequantization, LoRA added inside the matmul); `auto` on CUDA where they apply
     init_adapter:str|None=None # continue training this saved adapter (e.g. an SFT run's `output_dir`) instead of new ones; its own rank, alpha and targets are used (Axolotl `lora_model_dir`)
 
+# %% ../nbs/00_config.ipynb #b0dcc6cb
 @dataclass
 class DatasetConfig:
     "One dataset to train on: where it is, its format, and which rows to use."
@@ -96,6 +99,7 @@ class DatasetConfig:
     no_input_format:str|None=None # `template` type: the prompt for rows whose input is empty
     system_prompt:str|None=None # system prompt added to every row that has none
 
+# %% ../nbs/00_config.ipynb #b7419f20
 @dataclass
 class DataConfig:
     "Which data to train and validate on, and how it becomes token sequences."
@@ -114,6 +118,7 @@ class DataConfig:
     prepared_path:str|None=None # folder to cache the tokenized dataset in (Axolotl `dataset_prepared_path`)
     shuffle:bool=True # shuffle the training rows (deterministically, by `training.seed`)
 
+# %% ../nbs/00_config.ipynb #6d7a19e6
 @dataclass
 class TrainConfig:
     "The optimization: batch, schedule, precision, checkpointing and devices."
@@ -156,6 +161,7 @@ class TrainConfig:
     grad_norm_alarm:float|None=setting(1000.0, gt=0) # stop when the gradient norm stays above this for `alarm_steps` steps; empty turns it off
     alarm_steps:int=setting(3, ge=1) # consecutive steps above `grad_norm_alarm` before stopping
 
+# %% ../nbs/00_config.ipynb #f15ad8ba
 @dataclass
 class PreferenceConfig:
     "Preference tuning (`training.method: dpo`, `orpo` or `kto`): how strongly, with which loss, and against which reference."
@@ -166,6 +172,7 @@ class PreferenceConfig:
     desirable_weight:float=setting(1.0, gt=0) # KTO: loss weight of the rows labelled good
     undesirable_weight:float=setting(1.0, gt=0) # KTO: loss weight of the rows labelled bad
 
+# %% ../nbs/00_config.ipynb #d4d4fe40
 @dataclass
 class OutputConfig:
     "Where the run writes, and how the result is merged and exported."
@@ -178,6 +185,7 @@ class OutputConfig:
     gguf_dir:str|None=None # folder for the GGUF files and the Ollama Modelfile; empty means `<output_dir>/gguf`
     overwrite:bool=False # replace an existing merged or GGUF folder instead of stopping with an error
 
+# %% ../nbs/00_config.ipynb #0540d598
 @dataclass
 class ChatConfig:
     "How the trained model answers: generation settings for chat and for the demo's before/after answers."
@@ -187,6 +195,7 @@ class ChatConfig:
     repetition_penalty:float=setting(1.0, gt=0) # above 1 discourages repeating tokens
     system_prompt:str|None=None # system message put before every conversation
 
+# %% ../nbs/00_config.ipynb #69120cb8
 @dataclass
 class Config:
     "Everything a run needs. Sections mirror the pipeline: model -> quantization -> lora -> data -> training -> output."
@@ -309,44 +318,23 @@ def _check_range(v, md:dict) -> str:
     bad = [f'{word} {md[k]}' for k,(word,ok) in _BOUNDS.items() if k in md and not ok(v, md[k])]
     return f"must be {' and '.join(bad)}, got {v}." if bad else ''
 
+# %% ../nbs/00_config.ipynb #a4079c54
 def _type_fix(f, tp) -> str:
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     return f"write {describe_type(tp)}, e.g. `{f.name}: {yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}`."
 
-def build(cls,              # the dataclass to build
-          d,                # the dict read from YAML (or None for all defaults)
-          key:str='',       # dotted path of `d` in the whole config, for messages
-          problems:list|None=None, # problems found are appended here
-          given:set|None=None):    # dotted keys the user wrote are added here
-    "Build the dataclass `cls` from the dict `d`, appending a `Problem` for every mistake instead of stopping."
-    problems = [] if problems is None else problems
-    given = set() if given is None else given
-    if d is None: d = {}
-    if not isinstance(d, dict):
-        problems.append(Problem(key or '(top level)', f'expected a mapping of settings, got {_shown(d)}.', f'write `key: value` lines under `{key}:`.'))
-        return cls()
-    hints, names = get_type_hints(cls), [f.name for f in fields(cls)]
-    for k in d:
-        if k not in names:
-            problems.append(Problem(_join(key, k), 'unknown setting.', suggest(str(k), names, cls) or f'the settings here are: {", ".join(names)}.'))
-    kw = {}
-    for f in fields(cls):
-        if f.name not in d: continue
-        k, v, tp = _join(key, f.name), d[f.name], hints[f.name]
-        given.add(k)
-        kw[f.name] = _build_value(f, tp, v, k, problems, given)
-    obj = cls(**{n:v for n,v in kw.items() if v is not _NO})
-    return obj
-
+# %% ../nbs/00_config.ipynb #5fd46037
 def _join(key, k): return f'{key}.{k}' if key else str(k)
 
+# %% ../nbs/00_config.ipynb #d0ebb6c4
 def _build_value(f, tp, v, k, problems, given):
     "One field's value, built and checked."
     if is_dataclass(tp): return build(tp, v, k, problems, given)
     item = get_args(tp)[0] if get_origin(tp) is list else None
     if item is not None and is_dataclass(item):
         if not isinstance(v, list):
-            problems.append(Problem(k, f'expected a list of mappings, got {_shown(v)}.', f'write each entry as `- path: ...` under `{f.name}:`.'))
+            problems.append(Problem(k, f'expected a list of mappings, got {_shown(v)}.',
+                                    f'write each entry as `- path: ...` under `{f.name}:`.'))
             return _NO
         return [build(item, x, f'{k}[{i}]', problems, given) for i,x in enumerate(v)]
     r = conform(v, tp)
@@ -363,68 +351,127 @@ def _build_value(f, tp, v, k, problems, given):
         return _NO
     return r
 
+# %% ../nbs/00_config.ipynb #488b0aa4
+def build(cls,              # the dataclass to build
+          d,                # the dict read from YAML (or None for all defaults)
+          key:str='',       # dotted path of `d` in the whole config, for messages
+          problems:list|None=None, # problems found are appended here
+          given:set|None=None):    # dotted keys the user wrote are added here
+    "Build the dataclass `cls` from the dict `d`, appending a `Problem` for every mistake instead of stopping."
+    problems = [] if problems is None else problems
+    given = set() if given is None else given
+    if d is None: d = {}
+    if not isinstance(d, dict):
+        problems.append(Problem(key or '(top level)', f'expected a mapping of settings, got {_shown(d)}.',
+                                f'write `key: value` lines under `{key}:`.'))
+        return cls()
+    hints, names = get_type_hints(cls), [f.name for f in fields(cls)]
+    for k in d:
+        if k not in names:
+            problems.append(Problem(_join(key, k), 'unknown setting.',
+                                    suggest(str(k), names, cls) or f'the settings here are: {", ".join(names)}.'))
+    kw = {}
+    for f in fields(cls):
+        if f.name not in d: continue
+        k, v, tp = _join(key, f.name), d[f.name], hints[f.name]
+        given.add(k)
+        kw[f.name] = _build_value(f, tp, v, k, problems, given)
+    obj = cls(**{n:v for n,v in kw.items() if v is not _NO})
+    return obj
+
 # %% ../nbs/00_config.ipynb #a908fc92
 def _rule_precision(c:Config, given):
     t, q = c.training, c.quantization
     if t.bf16 is True and t.fp16:
-        yield Problem('training.fp16', 'bf16 and fp16 are both on; a run uses one mixed precision.', 'keep `bf16: true` (or `auto`) on GPUs that support it, else `fp16: true` with `bf16: false`.')
+        yield Problem('training.fp16', 'bf16 and fp16 are both on; a run uses one mixed precision.',
+                      'keep `bf16: true` (or `auto`) on GPUs that support it, else `fp16: true` with `bf16: false`.')
     if t.fp16 and q.compute_dtype == 'bfloat16':
-        yield Problem('quantization.compute_dtype', 'bfloat16 compute does not go with fp16 mixed precision.', 'set `compute_dtype: float16` (or `auto`), or train with `bf16: true` instead of fp16.')
+        yield Problem('quantization.compute_dtype', 'bfloat16 compute does not go with fp16 mixed precision.',
+                      'set `compute_dtype: float16` (or `auto`), or train with `bf16: true` instead of fp16.')
     if t.bf16 is True and q.compute_dtype == 'float16':
-        yield Problem('quantization.compute_dtype', 'float16 compute does not go with bf16 mixed precision.', 'set `compute_dtype: bfloat16` (or `auto`), or train with `fp16: true`.')
+        yield Problem('quantization.compute_dtype', 'float16 compute does not go with bf16 mixed precision.',
+                      'set `compute_dtype: bfloat16` (or `auto`), or train with `fp16: true`.')
 
+# %% ../nbs/00_config.ipynb #61785e74
 def _rule_quant(c:Config, given):
     q = c.quantization
     if q.load_in_4bit and q.load_in_8bit:
-        yield Problem('quantization.load_in_8bit', '4-bit and 8-bit loading are both on.', 'keep one: `load_in_4bit: true` for QLoRA, or `load_in_8bit: true` with `load_in_4bit: false`.')
+        yield Problem('quantization.load_in_8bit', '4-bit and 8-bit loading are both on.',
+                      'keep one: `load_in_4bit: true` for QLoRA, or `load_in_8bit: true` with `load_in_4bit: false`.')
 
+# %% ../nbs/00_config.ipynb #024f2a08
 def _rule_devices(c:Config, given):
     t = c.training
     multi = [k for k,v in (('deepspeed', t.deepspeed), ('fsdp', t.fsdp)) if v]
     if len(multi) == 2:
-        yield Problem('training.fsdp', 'DeepSpeed and FSDP are both set; a run shards with one of them.', 'remove `fsdp` (and `fsdp_config`) or `deepspeed`.')
+        yield Problem('training.fsdp', 'DeepSpeed and FSDP are both set; a run shards with one of them.',
+                      'remove `fsdp` (and `fsdp_config`) or `deepspeed`.')
     if multi and t.num_gpus == 1:
-        yield Problem(f'training.{multi[0]}', f'{multi[0]} shards the model across processes, but `num_gpus` is 1.', 'set `num_gpus: 2` or more (or leave it empty and use `accelerate launch --num_processes N`), or remove the setting.')
+        yield Problem(f'training.{multi[0]}', f'{multi[0]} shards the model across processes, but `num_gpus` is 1.',
+                      'set `num_gpus: 2` or more (or leave it empty and use `accelerate launch --num_processes N`), or '
+                      'remove the setting.')
     if t.fsdp_config and not t.fsdp:
-        yield Problem('training.fsdp_config', 'fsdp_config is set but FSDP is off.', 'add `fsdp: [full_shard, auto_wrap]`, or remove `fsdp_config`.')
+        yield Problem('training.fsdp_config', 'fsdp_config is set but FSDP is off.',
+                      'add `fsdp: [full_shard, auto_wrap]`, or remove `fsdp_config`.')
     if multi and t.offload != 'none':
-        yield Problem('training.offload', f'offload: {t.offload} streams the layers to one GPU, and {multi[0]} shards them across GPUs.', f'use one: remove `offload`, or remove `{multi[0]}`.')
+        yield Problem('training.offload',
+                      f'offload: {t.offload} streams the layers to one GPU, and {multi[0]} shards them across GPUs.',
+                      f'use one: remove `offload`, or remove `{multi[0]}`.')
 
+# %% ../nbs/00_config.ipynb #f02ed5af
 def _rule_data(c:Config, given):
     d, t = c.data, c.training
     if d.sample_packing and not d.sequence_len:
-        yield Problem('data.sample_packing', 'sample packing needs a sequence length to pack into.', 'set `data.sequence_len`, e.g. 2048.')
+        yield Problem('data.sample_packing', 'sample packing needs a sequence length to pack into.',
+                      'set `data.sequence_len`, e.g. 2048.')
     if d.padding_free and d.pad_to_sequence_len:
-        yield Problem('data.padding_free', 'padding_free joins each batch without padding, but `pad_to_sequence_len` pads every batch.', 'turn one of them off (padding_free is faster; pad_to_sequence_len keeps memory steady).')
+        yield Problem('data.padding_free',
+                      'padding_free joins each batch without padding, but `pad_to_sequence_len` pads every batch.',
+                      'turn one of them off (padding_free is faster; pad_to_sequence_len keeps memory steady).')
     if d.pad_to_sequence_len and not d.sequence_len:
-        yield Problem('data.pad_to_sequence_len', 'padding to the sequence length needs a sequence length.', 'set `data.sequence_len`, e.g. 2048.')
+        yield Problem('data.pad_to_sequence_len', 'padding to the sequence length needs a sequence length.',
+                      'set `data.sequence_len`, e.g. 2048.')
     if not d.datasets:
-        yield Problem('data.datasets', 'no training datasets.', 'add at least one entry, e.g. `- path: data/train.jsonl`.')
+        yield Problem('data.datasets', 'no training datasets.',
+                      'add at least one entry, e.g. `- path: data/train.jsonl`.')
     if d.val_set_size >= 1 and d.val_set_size != int(d.val_set_size):
-        yield Problem('data.val_set_size', f'{d.val_set_size} is neither a fraction below 1 nor a whole number of rows.', 'write a fraction like 0.05, or a row count like 200.')
+        yield Problem('data.val_set_size',
+                      f'{d.val_set_size} is neither a fraction below 1 nor a whole number of rows.',
+                      'write a fraction like 0.05, or a row count like 200.')
     if d.val_set_size and d.val_datasets:
-        yield Problem('data.val_set_size', 'both `val_set_size` and `val_datasets` are set.', 'validate either on a split of the training data or on your own files, not both.')
+        yield Problem('data.val_set_size', 'both `val_set_size` and `val_datasets` are set.',
+                      'validate either on a split of the training data or on your own files, not both.')
     if d.overlong == 'split':
         for i,ds in enumerate(d.datasets):
             if ds.type not in (None, 'completion'):
-                yield Problem(f'data.datasets[{i}].type', f'`overlong: split` only applies to completion data, and this dataset is `{ds.type}`: a conversation cut in two loses its context.', 'use `overlong: drop` or `truncate` for chat data.')
+                yield Problem(f'data.datasets[{i}].type',
+                              f'`overlong: split` only applies to completion data, and this dataset is `{ds.type}`: a '
+                              'conversation cut in two loses its context.',
+                              'use `overlong: drop` or `truncate` for chat data.')
     has_val = d.val_set_size > 0 or d.val_datasets
     for k in ('eval_steps', 'evals_per_epoch'):
         if getattr(t, k) and not has_val:
-            yield Problem(f'training.{k}', 'evaluation is scheduled but there is no validation data.', 'set `data.val_set_size` (e.g. 0.05) or `data.val_datasets`.')
+            yield Problem(f'training.{k}', 'evaluation is scheduled but there is no validation data.',
+                          'set `data.val_set_size` (e.g. 0.05) or `data.val_datasets`.')
 
+# %% ../nbs/00_config.ipynb #0c2b8ea6
 def _rule_schedule(c:Config, given):
     t = c.training
     for a,b in (('eval_steps', 'evals_per_epoch'), ('save_steps', 'saves_per_epoch')):
         if getattr(t, a) and getattr(t, b):
             yield Problem(f'training.{b}', f'`{a}` and `{b}` are both set.', f'keep one of them.')
     if t.warmup_steps and t.warmup_ratio > 0:
-        yield Problem('training.warmup_steps', '`warmup_steps` and `warmup_ratio` are both set.', 'keep one (set the other to 0).')
+        yield Problem('training.warmup_steps', '`warmup_steps` and `warmup_ratio` are both set.',
+                      'keep one (set the other to 0).')
     if t.wandb_project and t.report_to not in ('wandb', 'none'):
-        yield Problem('training.wandb_project', f'a W&B project is set but `report_to` is {t.report_to}.', 'set `report_to: wandb`, or remove `wandb_project`.')
+        yield Problem('training.wandb_project', f'a W&B project is set but `report_to` is {t.report_to}.',
+                      'set `report_to: wandb`, or remove `wandb_project`.')
     if t.auto_fit and not t.gradient_checkpointing and 'training.gradient_checkpointing' in given:
-        yield Problem('training.auto_fit', 'auto_fit chooses checkpointing itself, but `gradient_checkpointing: false` is set.', 'remove `gradient_checkpointing` and let auto_fit choose, or turn `auto_fit` off.')
+        yield Problem('training.auto_fit',
+                      'auto_fit chooses checkpointing itself, but `gradient_checkpointing: false` is set.',
+                      'remove `gradient_checkpointing` and let auto_fit choose, or turn `auto_fit` off.')
 
+# %% ../nbs/00_config.ipynb #f2bdc946
 def _rule_templates(c:Config, given):
     d = c.data
     named = [('data.chat_template', d.chat_template)] + [(f'data.{k}[{i}].conversation', ds.conversation)
@@ -432,8 +479,10 @@ def _rule_templates(c:Config, given):
     for key, v in named:
         if v and (p := template_problem(v)): yield Problem(key, *p)
 
+# %% ../nbs/00_config.ipynb #3dea5c8a
 # TRL's loss types per preference method (trl 1.x `DPOConfig.loss_type`, `KTOConfig.loss_type`); ORPO has one loss.
-LOSS_TYPES = {'dpo': ('sigmoid', 'hinge', 'ipo', 'exo_pair', 'nca_pair', 'robust', 'bco_pair', 'sppo_hard', 'aot', 'aot_unpaired',
+LOSS_TYPES = {'dpo': ('sigmoid', 'hinge', 'ipo', 'exo_pair', 'nca_pair', 'robust', 'bco_pair', 'sppo_hard', 'aot',
+                      'aot_unpaired',
                       'apo_zero', 'apo_down', 'discopop', 'sft', 'sigmoid_norm'),
               'kto': ('kto', 'apo_zero_unpaired'), 'orpo': ()}
 
@@ -442,20 +491,34 @@ def _rule_preference(c:Config, given):
     if m == 'sft':
         # A saved config writes every setting: only a changed one says the user meant preference tuning.
         changed = [f.name for f in fields(p) if getattr(p, f.name) != getattr(PreferenceConfig(), f.name)]
-        if changed: yield Problem(f'preference.{changed[0]}', 'a preference setting is changed, but `training.method` is sft: it would be silently unused.', 'set `training.method: dpo` (or `orpo`, `kto`), or remove the `preference:` settings.')
+        if changed: yield Problem(f'preference.{changed[0]}',
+                                  'a preference setting is changed, but `training.method` is sft: it would be silently '
+                                  'unused.',
+                                  'set `training.method: dpo` (or `orpo`, `kto`), or remove the `preference:` '
+                                  'settings.')
         return
     for k in ('sample_packing', 'padding_free'):
-        if getattr(d, k): yield Problem(f'data.{k}', f'`training.method: {m}` scores each answer as a whole sequence; `{k}` joins samples.', f'set `data.{k}: false`.')
+        if getattr(d, k): yield Problem(f'data.{k}',
+                                        f'`training.method: {m}` scores each answer as a whole sequence; `{k}` joins '
+                                        'samples.',
+                                        f'set `data.{k}: false`.')
     if p.loss_type and p.loss_type not in LOSS_TYPES[m]:
         yield Problem('preference.loss_type', f'`{p.loss_type}` is not a {m} loss.',
                       f'use one of {", ".join(LOSS_TYPES[m])}, or leave it empty.' if LOSS_TYPES[m] else 'ORPO has one loss: remove `loss_type`.')
     if m == 'orpo' and p.reference != 'auto':
-        yield Problem('preference.reference', 'ORPO uses no reference model.', 'remove `reference`, or use `training.method: dpo`.')
+        yield Problem('preference.reference', 'ORPO uses no reference model.',
+                      'remove `reference`, or use `training.method: dpo`.')
     if p.reference == 'adapter' and not c.lora.init_adapter:
-        yield Problem('preference.reference', '`reference: adapter` is a frozen copy of the adapter training starts from, but `lora.init_adapter` is empty.', 'set `lora.init_adapter` to the SFT adapter folder, or use `reference: base`.')
+        yield Problem('preference.reference',
+                      '`reference: adapter` is a frozen copy of the adapter training starts from, but '
+                      '`lora.init_adapter` is empty.',
+                      'set `lora.init_adapter` to the SFT adapter folder, or use `reference: base`.')
     if m == 'kto' and (p.loss_type or 'kto') == 'kto' and c.training.micro_batch_size < 2:
-        yield Problem('training.micro_batch_size', 'KTO estimates its KL term from the other rows of a micro batch, so it needs at least 2.', 'set `micro_batch_size: 2` or more (or `preference.loss_type: apo_zero_unpaired`).')
+        yield Problem('training.micro_batch_size',
+                      'KTO estimates its KL term from the other rows of a micro batch, so it needs at least 2.',
+                      'set `micro_batch_size: 2` or more (or `preference.loss_type: apo_zero_unpaired`).')
 
+# %% ../nbs/00_config.ipynb #d4a51c07
 RULES = [_rule_precision, _rule_quant, _rule_devices, _rule_data, _rule_schedule, _rule_templates, _rule_preference]
 
 # %% ../nbs/00_config.ipynb #fb061541
@@ -567,6 +630,7 @@ def is_axolotl(d:dict) -> bool:
     "Does the mapping `d` look like an Axolotl config (flat keys) rather than ours (sections)?"
     return not (set(d) & set(SECTIONS)) and bool(set(d) & set(AXOLOTL_KEYS))
 
+# %% ../nbs/00_config.ipynb #134750aa
 def apply_overrides(d:dict, overrides:dict|None) -> dict:
     "A copy of the sectioned dict `d` with dotted-key `overrides` set, e.g. `{'lora.r': 32, 'data.datasets[0].path': 'a.jsonl'}`."
     d, problems = copy.deepcopy(d), []
@@ -576,8 +640,10 @@ def apply_overrides(d:dict, overrides:dict|None) -> dict:
     if problems: raise ConfigError(problems)
     return d
 
+# %% ../nbs/00_config.ipynb #5c02a611
 def _inside(key:str, outer:str) -> bool: return key == outer or key.startswith((outer + '.', outer + '['))
 
+# %% ../nbs/00_config.ipynb #3ac7f6f4
 def _from_override(p:Problem, overrides:dict, sources:dict, lines:dict) -> Problem:
     "`p` with the override it is about as its source (not a line of the file, which did not write that value)."
     k = next((k for k in overrides if _inside(p.key, k) or (_inside(k, p.key) and p.key not in lines)), None)
@@ -590,6 +656,7 @@ def _problems(d:dict, file, lines:dict, required:tuple) -> list[Problem]:
     except ConfigError as e: return e.problems
     return []
 
+# %% ../nbs/00_config.ipynb #feb533b3
 def load_config(src,                       # a YAML file path, a dict, or a `Config`
                 overrides:dict|None=None,   # dotted keys to set after loading, e.g. `{'data.datasets[0].path': 'a.jsonl'}`
                 sources:dict|None=None,     # override key -> where it came from, e.g. `'--set lora.r=abc'`, for messages
@@ -601,7 +668,8 @@ def load_config(src,                       # a YAML file path, a dict, or a `Con
         file = str(src)
         src, lines = read_yaml(src)
         required = ('model.base_model', 'data.datasets')
-    if not isinstance(src, dict): raise TypeError(f'load_config: expected a path, dict or Config, got {type(src).__name__}')
+    if not isinstance(src, dict): raise TypeError('load_config: expected a path, dict or Config, got '
+                                                  f'{type(src).__name__}')
     if is_axolotl(src):
         src, lines = from_axolotl(src, file=file, lines=lines, check=lambda d, l: _problems(d, file, l, required))
     try: return config_from_dict(apply_overrides(src, overrides), file=file, lines=lines, required=required)
@@ -609,13 +677,7 @@ def load_config(src,                       # a YAML file path, a dict, or a `Con
         if not overrides: raise
         raise ConfigError([_from_override(p, overrides, sources or {}, lines) for p in e.problems]) from None
 
-def save_config(c:Config, path) -> Path:
-    "Write `c` as YAML, every setting included; `load_config(path)` gives `c` back."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config_yaml(c), encoding='utf-8')
-    return path
-
+# %% ../nbs/00_config.ipynb #5fc7238a
 def config_yaml(c:Config, comments:bool=False) -> str:
     "The config as YAML text (what `save_config` writes and the widgets show); `comments` adds each setting's documentation."
     d = config_to_dict(c)
@@ -632,6 +694,14 @@ def config_yaml(c:Config, comments:bool=False) -> str:
             body = yaml.safe_dump({f.name: d[s][f.name]}, sort_keys=False, allow_unicode=True, width=120).rstrip()
             out += [f'  # {docs[f.name]}'] + ['  ' + l for l in body.splitlines()]
     return '\n'.join(out) + '\n'
+
+# %% ../nbs/00_config.ipynb #34dd456c
+def save_config(c:Config, path) -> Path:
+    "Write `c` as YAML, every setting included; `load_config(path)` gives `c` back."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_yaml(c), encoding='utf-8')
+    return path
 
 # %% ../nbs/00_config.ipynb #8c70e0e2
 def get_setting(c:Config, key:str):

@@ -221,12 +221,14 @@ def _targets(shape:ModelShape, config:Config) -> list[str]:
     if isinstance(t, list): return [n for n in shape.linears if n in t]
     return [n for n in shape.linears if re.search(t, n)]
 
+# %% ../nbs/22_estimate.ipynb #6da37eea
 def gpu_memory_gib() -> float|None:
     "The memory of this process's GPU, or None without one."
     import torch
     if not torch.cuda.is_available(): return None
     return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
 
+# %% ../nbs/22_estimate.ipynb #c4674106
 def estimate(config,                 # a `Config` (or YAML path / dict)
              gpu_gib:float|None=None, # memory to plan for; default: `training.memory_budget_gib`, else this GPU's, else none
              shape:ModelShape|None=None, # the model's shape, when already known
@@ -245,7 +247,8 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
     opt = OPTIMIZER_BYTES[t.optimizer] or 2 * dsize
     base = L * sum(quantized_bytes(i, o, config, dsize) for i,o in shape.linears.values())
     streamed = t.offload == 'layers'
-    c = {'base weights (2 layers streamed)' if streamed else 'base weights (quantized)' if (config.quantization.load_in_4bit or config.quantization.load_in_8bit) else 'base weights':
+    c = {'base weights (2 layers streamed)' if streamed else 'base weights (quantized)'
+         if (config.quantization.load_in_4bit or config.quantization.load_in_8bit) else 'base weights':
              2 * base / L if streamed else base,
          'embeddings, norms, head': shape.other_params * dsize,
          'LoRA adapters': lora * dsize, 'LoRA gradients': lora * dsize, f'optimizer states ({t.optimizer})': lora * opt}
@@ -254,29 +257,35 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
     k = PER_TOKEN
     if t.gradient_checkpointing:
         n_ckpt = math.ceil(L / t.checkpoint_every)
-        kept = (1 if streamed else n_ckpt) * k['ckpt_h'] * h * dsize / 2 + (L - n_ckpt) * per_layer  # streamed: inputs wait in host memory
+        # streamed: inputs wait in host memory
+        kept = (1 if streamed else n_ckpt) * k['ckpt_h'] * h * dsize / 2 + (L - n_ckpt) * per_layer
         recompute = per_layer
     else: kept, recompute = L * per_layer, 0
     c['activations'] = T * (kept + k['outside_h'] * h * dsize / 2)
     loss = min(T, LOSS_TILE[0]) * min(shape.vocab, LOSS_TILE[1]) * dsize + T * 2 * h
-    if t.method == 'orpo': loss = T * shape.vocab * (dsize + 4)  # trl's ORPO trainer materializes all logits, and a float32 copy in its loss
-    ref = T * per_layer if t.method in ('dpo', 'kto') else 0  # the reference pass (no grad, adapter off): one layer's activations at a time
+    # trl's ORPO trainer materializes all logits, and a float32 copy in its loss
+    if t.method == 'orpo': loss = T * shape.vocab * (dsize + 4)
+    # the reference pass (no grad, adapter off): one layer's activations at a time
+    ref = T * per_layer if t.method in ('dpo', 'kto') else 0
     largest = max(i*o for i,o in shape.linears.values())
     dequant = 2 * largest * dsize if config.quantization.load_in_4bit else 0
     bwd = T * (recompute + k['bwd_h'] * h * dsize / 2) + dequant
     # the loss and reference pass (end of the forward pass) and the backward working set are not alive at the same time
-    c['logits and loss (chunked)'], c['reference pass (no grad)'], c['backward working set'] = (loss, ref, 0) if loss + ref > bwd else (0, 0, bwd)
+    c['logits and loss (chunked)'], c['reference pass (no grad)'], c['backward working set'] = \
+        (loss, ref, 0) if loss + ref > bwd else (0, 0, bwd)
     peak = sum(c.values())
     margin = CUDA_CONTEXT_GIB * GIB + FRAGMENTATION * peak
     c['CUDA context, fragmentation'] = margin
     comps = {k: v / GIB for k,v in c.items() if v}
     budget = gpu_gib if gpu_gib is not None else t.memory_budget_gib if t.memory_budget_gib is not None else gpu_memory_gib()
     notes = []
-    if shape.reference: notes.append(f'shape: {shape.name!r} is not on this machine (no folder, not in the hub cache), so the built-in '
+    if shape.reference: notes.append(f'shape: {shape.name!r} is not on this machine (no folder, not in the hub cache), '
+                                     'so the built-in '
                                      f'reference shape {shape.reference!r} was used: the same architecture and sizes'
                                      + (', text model only (its vision tower is not counted).' if shape.reference in _TEXT_ONLY else '.'))
     if streamed: notes.append(offload_speed(config, shape).note)
-    if t.optimizer.startswith('paged'): notes.append('paged optimizer: its states can move to CPU memory under pressure.')
+    if t.optimizer.startswith('paged'): notes.append('paged optimizer: its states can move to CPU memory under '
+                                                     'pressure.')
     return Estimate(comps, peak / GIB, (peak + margin) / GIB, budget, T, notes)
 
 # %% ../nbs/22_estimate.ipynb #9da18af6

@@ -288,8 +288,10 @@ class ExportResult:
     def __str__(self):
         fs = ', '.join(f'{p.name} ({self.info[k]["bytes"]/2**20:.1f} MiB)' for k,p in self.files.items())
         fb = sum(i['f16_fallback'] for i in self.info.values())
-        return f'GGUF export in {self.path}: {fs}; Modelfile for Ollama' + (f'; {fb} tensors kept in f16 (rows not a multiple of 32)' if fb else '') + f'; {self.seconds:.1f}s'
+        return (f'GGUF export in {self.path}: {fs}; Modelfile for Ollama'
+                + (f'; {fb} tensors kept in f16 (rows not a multiple of 32)' if fb else '') + f'; {self.seconds:.1f}s')
 
+# %% ../nbs/71_export.ipynb #c928fdc0
 def export_gguf(model_dir,             # the merged model folder
                 out,                   # folder to write
                 types=('q8_0',),       # GGUF types, among `f16`, `bf16`, `q8_0`
@@ -300,17 +302,23 @@ def export_gguf(model_dir,             # the merged model folder
     import transformers
     t0, model_dir, out = time.time(), Path(model_dir), Path(out)
     if not (model_dir/'config.json').exists():
-        raise QloraError(f'{model_dir}: no merged model here (no config.json). Fix: run `qlora-nb merge CONFIG` (or `merge(...)`) first, or set output.merged_dir.')
+        raise QloraError(f'{model_dir}: no merged model here (no config.json). Fix: run `qlora-nb merge CONFIG` (or '
+                         '`merge(...)`) first, or set output.merged_dir.')
     bad = [t for t in types if t not in GGUF_TYPES]
     if bad or not types: raise QloraError(f'output.gguf_types: {bad or "empty"}; choose among {", ".join(GGUF_TYPES)}.')
-    if out.exists() and not overwrite: raise QloraError(f'{out}: already exists. Fix: choose another folder (output.gguf_dir), or set output.overwrite: true to replace it.')
+    if out.exists() and not overwrite: raise QloraError(f'{out}: already exists. Fix: choose another folder '
+                                                        '(output.gguf_dir), or set output.overwrite: true to replace '
+                                                        'it.')
     cfg = transformers.AutoConfig.from_pretrained(model_dir)
     gguf_arch(cfg)
     name = name or model_dir.name
-    need = sum(os.path.getsize(f) for f in model_dir.glob('*.safetensors')) * sum({'f16': 1, 'bf16': 1, 'q8_0': .55}[t] for t in types)
+    need = (sum(os.path.getsize(f) for f in model_dir.glob('*.safetensors'))
+            * sum({'f16': 1, 'bf16': 1, 'q8_0': .55}[t] for t in types))
     out.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out.parent).free
-    if free < need * 1.05 + 2**26 * (1 + len(types)): raise QloraError(f'{out.parent}: not enough disk space: the GGUF files need about {need/2**30:.2f} GiB, {free/2**30:.2f} GiB are free. Fix: free space or set output.gguf_dir on a larger disk.')
+    if free < need * 1.05 + 2**26 * (1 + len(types)):
+        raise QloraError(f'{out.parent}: not enough disk space: the GGUF files need about {need/2**30:.2f} GiB, '
+                         f'{free/2**30:.2f} GiB are free. Fix: free space or set output.gguf_dir on a larger disk.')
     files, info = {}, {}
     with atomic_dir(out) as tmp:
         for t in dict.fromkeys(types):
@@ -322,10 +330,12 @@ def export_gguf(model_dir,             # the merged model folder
     log.info(str(res))
     return res
 
+# %% ../nbs/71_export.ipynb #02d89880
 def gguf_path(c:Config) -> Path:
     "Where the GGUF files of the run `c` go: `output.gguf_dir`, else `<output_dir>/gguf`."
     return Path(c.output.gguf_dir or Path(c.output.output_dir)/'gguf')
 
+# %% ../nbs/71_export.ipynb #9153ca98
 def export(cfg=None,         # a `Config`, a YAML path or a dict (default: the demo config)
            model_dir=None,   # the merged model (default: `merged_path(cfg)`)
            out=None,         # folder to write (default: `gguf_path(cfg)`)

@@ -22,6 +22,7 @@ def _buffer(name:str, shape, dtype, device):
     if key not in _BUFFERS: _BUFFERS[key] = torch.empty(shape, dtype=dtype, device=device)
     return _BUFFERS[key]
 
+# %% ../nbs/23_kernels.ipynb #25ad8a6f
 def _dequantize(weight, quant_state, dtype):
     "The 4-bit `weight` in `dtype`: on a GPU into a reused buffer, NF4 with double quantization by bitsandbytes' two C kernels."
     import torch, bitsandbytes.functional as F
@@ -38,12 +39,15 @@ def _dequantize(weight, quant_state, dtype):
     P, I, s2 = ctypes.c_void_p, ctypes.c_int32, qs.state2
     stream = P(torch._C._cuda_getCurrentRawStream(weight.device.index))
     absmax = _buffer('absmax', qs.absmax.shape, torch.float32, weight.device)
-    lib.cdequantize_blockwise_fp32(P(s2.code.data_ptr()), P(qs.absmax.data_ptr()), P(s2.absmax.data_ptr()), P(absmax.data_ptr()),
+    lib.cdequantize_blockwise_fp32(P(s2.code.data_ptr()), P(qs.absmax.data_ptr()), P(s2.absmax.data_ptr()),
+                                   P(absmax.data_ptr()),
                                    I(s2.blocksize), I(qs.absmax.numel()), stream)
     absmax += qs.offset
-    lib.cdequantize_blockwise_bf16_nf4(None, P(weight.data_ptr()), P(absmax.data_ptr()), P(out.data_ptr()), I(qs.blocksize), I(out.numel()), stream)
+    lib.cdequantize_blockwise_bf16_nf4(None, P(weight.data_ptr()), P(absmax.data_ptr()), P(out.data_ptr()),
+                                       I(qs.blocksize), I(out.numel()), stream)
     return out
 
+# %% ../nbs/23_kernels.ipynb #2bfb36eb
 def _autograd_fn():
     import torch
     class LoraNF4(torch.autograd.Function):
@@ -79,7 +83,9 @@ def _autograd_fn():
             return dx, None, None, dA, dB, None
     return LoraNF4
 
+# %% ../nbs/23_kernels.ipynb #31784f8e
 _FN = None
+
 def lora_nf4(x, weight, quant_state, A, B, scale:float):
     "`x Wᵀ + scale (x Aᵀ) Bᵀ` for a 4-bit `weight` (a bitsandbytes `Params4bit` and its `quant_state`), differentiable in x, A and B."
     global _FN
@@ -120,12 +126,14 @@ def _liger_swiglu():
     from liger_kernel.ops.swiglu import swiglu_forward, swiglu_backward
     return swiglu_forward, swiglu_backward
 
+# %% ../nbs/23_kernels.ipynb #ae7477eb
 def _silu_mul(e, g):
     "h = silu(e) g."
     import torch
     k = _liger_swiglu() if e.is_cuda else None
     return k[0](e, g)[2] if k else torch.nn.functional.silu(e) * g
 
+# %% ../nbs/23_kernels.ipynb #40099428
 def _silu_mul_backward(e, g, dh):
     "(∂L/∂e, ∂L/∂g) of h = silu(e) g; Liger's kernel writes them over `e` and `g`, whose last use this is."
     import torch
@@ -134,6 +142,7 @@ def _silu_mul_backward(e, g, dh):
     se = torch.sigmoid(e)
     return dh * g * se * (1 + e * (1 - se)), dh * e * se
 
+# %% ../nbs/23_kernels.ipynb #f357a788
 def _block_fns():
     import torch
     class LoraQKV(torch.autograd.Function):
@@ -199,16 +208,20 @@ def _block_fns():
                     None, None, dAd, dBd, None)
     return LoraQKV, LoraMLP
 
+# %% ../nbs/23_kernels.ipynb #a4fbf4bb
 _BLOCKS = None
+
 def _blocks():
     global _BLOCKS
     if _BLOCKS is None: _BLOCKS = _block_fns()
     return _BLOCKS
 
+# %% ../nbs/23_kernels.ipynb #75b70c8d
 def lora_qkv(x, projs:list) -> tuple:
     "The LoRA projections `projs` (each `(weight, quant_state, A, B, scale)`) of one input `x`, as one autograd node."
     return _blocks()[0].apply(x, *(t for p in projs for t in p))
 
+# %% ../nbs/23_kernels.ipynb #c5464eb5
 def lora_mlp(x, gate, up, down):
     "`down(silu(gate(x)) up(x))` for three LoRA projections (each `(weight, quant_state, A, B, scale)`), as one autograd node."
     return _blocks()[1].apply(x, *gate, *up, *down)
@@ -217,6 +230,7 @@ def lora_mlp(x, gate, up, down):
 def _plain_forward(layer):
     return type(layer).forward.__get__(layer)
 
+# %% ../nbs/23_kernels.ipynb #f5d24b25
 def _proj(layer):
     "`(weight, quant_state, A, B, scale)` of a fused peft layer when the fused path applies now, else None."
     names = [a for a in layer.active_adapters if a in layer.lora_A]
@@ -226,10 +240,12 @@ def _proj(layer):
     a = names[0]
     return w, w.quant_state, layer.lora_A[a].weight, layer.lora_B[a].weight, layer.scaling[a]
 
+# %% ../nbs/23_kernels.ipynb #aef3832b
 def _fused_forward(self, x, *args, **kwargs):
     p = None if args or kwargs else _proj(self)
     return _plain_forward(self)(x, *args, **kwargs) if p is None else lora_nf4(x, *p)
 
+# %% ../nbs/23_kernels.ipynb #90a57c89
 def _qkv_forward(self, x, *args, **kwargs):
     "q_proj's forward: q, k and v in one node; k_proj and v_proj pick up theirs when called on the same `x`."
     ps = None if args or kwargs else [_proj(l) for l in self._qlora_group]
@@ -238,16 +254,19 @@ def _qkv_forward(self, x, *args, **kwargs):
     for l, y in zip(self._qlora_group[1:], kv): l.__dict__['_qlora_stash'] = (x, y)
     return q
 
+# %% ../nbs/23_kernels.ipynb #80acb8d3
 def _stashed_forward(self, x, *args, **kwargs):
     st = self.__dict__.pop('_qlora_stash', None)
     if st is not None and st[0] is x and not args and not kwargs: return st[1]
     return _fused_forward(self, x, *args, **kwargs)
 
+# %% ../nbs/23_kernels.ipynb #56c12590
 def _mlp_forward(self, x, *args, **kwargs):
     ps = None if args or kwargs else [_proj(getattr(self, n)) for n in ('gate_proj', 'up_proj', 'down_proj')]
     if ps is None or None in ps: return (self._qlora_prev_forward or _plain_forward(self))(x, *args, **kwargs)
     return lora_mlp(x, *ps)
 
+# %% ../nbs/23_kernels.ipynb #0ba6088f
 def fusable(layer) -> str|None:
     "Why a peft LoRA layer cannot take the fused path, or None when it can."
     import torch
@@ -258,12 +277,14 @@ def fusable(layer) -> str|None:
     if layer.base_layer.bias is not None: return 'a bias'
     return None
 
+# %% ../nbs/23_kernels.ipynb #0ee134f5
 def _silu_mlp(m) -> bool:
     "A gated MLP `down(silu(gate(x)) up(x))` (Llama, Mistral, Qwen), the form `lora_mlp` computes."
     # Liger's model patch swaps the MLP class for LigerSwiGLUMLP (no `act_fn`) in models built after it ran.
     return all(hasattr(m, n) for n in ('gate_proj', 'up_proj', 'down_proj')) and (type(m).__name__ == 'LigerSwiGLUMLP' or
         type(m).__name__.endswith('MLP') and type(getattr(m, 'act_fn', None)).__name__ in ('SiLU', 'SiLUActivation'))
 
+# %% ../nbs/23_kernels.ipynb #8c3732ad
 def fuse_lora(model) -> dict:
     "Give every eligible 4-bit LoRA layer of `model` the fused forward, and gated MLPs and q/k/v one node each; returns `{reason: count}` (`fused` for the fused layers, `mlp` and `qkv` for the blocks)."
     from peft.tuners.lora import LoraLayer
@@ -276,7 +297,8 @@ def fuse_lora(model) -> dict:
     for m in model.modules():
         if all(getattr(m, n, None) in fused for n in ('gate_proj', 'up_proj', 'down_proj')) and _silu_mlp(m) \
            and getattr(m.forward, '__func__', None) is not _mlp_forward:
-            m.__dict__['_qlora_prev_forward'] = vars(m).get('forward')  # Liger's SwiGLU forward, where Liger patched this instance
+            # Liger's SwiGLU forward, where Liger patched this instance
+            m.__dict__['_qlora_prev_forward'] = vars(m).get('forward')
             m.forward = types.MethodType(_mlp_forward, m); counts['mlp'] = counts.get('mlp', 0) + 1
         group = [getattr(m, n, None) for n in ('q_proj', 'k_proj', 'v_proj')]
         if all(l in fused for l in group) and len({l.in_features for l in group}) == 1:
@@ -286,6 +308,7 @@ def fuse_lora(model) -> dict:
             counts['qkv'] = counts.get('qkv', 0) + 1
     return counts
 
+# %% ../nbs/23_kernels.ipynb #9561571b
 def unfuse_lora(model):
     "Undo `fuse_lora`."
     ours = (_fused_forward, _qkv_forward, _stashed_forward)
@@ -312,6 +335,7 @@ def _segments(position_ids, batch:int, length:int):
     _SEGMENTS[:] = [position_ids, batch, cu, int((cu[1:] - cu[:-1]).max())]
     return _SEGMENTS[2], _SEGMENTS[3]
 
+# %% ../nbs/23_kernels.ipynb #3ef17a32
 def _varlen_call():
     "PyTorch's varlen flash attention as `f(q, k, v, cu, max_len, scale)` on (tokens, heads, dim) tensors, or None."
     import torch
@@ -329,7 +353,9 @@ def _varlen_call():
         return varlen_attn(q, k, v, cu, cu, n, n, **kw)
     return call
 
+# %% ../nbs/23_kernels.ipynb #2a123d35
 _VARLEN = []
+
 def varlen_attention(module, query, key, value, attention_mask, dropout:float=0.0, scaling:float|None=None, **kwargs):
     "Causal attention within each sample of joined rows, from `position_ids`; sdpa where a mask or a cache is in play."
     import torch
@@ -337,7 +363,8 @@ def varlen_attention(module, query, key, value, attention_mask, dropout:float=0.
     pos = kwargs.get('position_ids')
     B, H, T, D = query.shape
     if attention_mask is not None or pos is None or key.shape[2] != T or (dropout and module.training):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
     cu, n = _segments(pos, B, T)
     q, k, v = (t.transpose(1, 2).reshape(B * T, t.shape[1], D) for t in (query, key, value))
     if not _VARLEN: _VARLEN.append(_varlen_call() if query.is_cuda else None)
@@ -350,11 +377,13 @@ def varlen_attention(module, query, key, value, attention_mask, dropout:float=0.
                   enable_gqa=q.shape[1] != k.shape[1]).transpose(0, 1) for s, e in zip(bounds, bounds[1:])])
     return out.reshape(B, T, H, D), None
 
+# %% ../nbs/23_kernels.ipynb #cf1abc4e
 def _no_mask(*args, attention_mask=None, **kwargs):
     "The mask `qlora_varlen` needs: none, unless there is padding (then sdpa's, and the attention steps aside)."
     from transformers.masking_utils import sdpa_mask
     return None if attention_mask is None else sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
 
+# %% ../nbs/23_kernels.ipynb #1f68d8d3
 def use_varlen_attention(model) -> bool:
     "Switch an sdpa `model` to `qlora_varlen`; returns whether it did."
     from transformers import AttentionInterface

@@ -102,6 +102,12 @@ class Loaded:
     bad_lines:list = field(default_factory=list) # `(file, line, error)` skipped with `on_bad_rows: skip`
     files:list = field(default_factory=list)     # the local files read ([] for hub datasets)
 
+# %% ../nbs/11_loading.ipynb #62ef69e4
+def _short(e:Exception)->str:
+    while e.__cause__ is not None or e.__context__ is not None: e = e.__cause__ or e.__context__
+    return f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}'
+
+# %% ../nbs/11_loading.ipynb #6df05872
 def _load_files(files, kind, where, on_bad_rows, tmp):
     import datasets
     bad = []
@@ -111,7 +117,8 @@ def _load_files(files, kind, where, on_bad_rows, tmp):
             b = scan_json_lines(f, max_bad=None if on_bad_rows == 'skip' else 1)
             if b and on_bad_rows == 'error':
                 n, err = b[0]
-                raise QloraError(f'{f}:{n}: {err}. Fix: correct that line, or set `data.on_bad_rows: skip` to skip bad lines (they are counted).')
+                raise QloraError(f'{f}:{n}: {err}. Fix: correct that line, or set `data.on_bad_rows: skip` to skip bad '
+                                 'lines (they are counted).')
             bad += [(f, n, err) for n, err in b]
         if bad:
             by_file = {}
@@ -122,13 +129,12 @@ def _load_files(files, kind, where, on_bad_rows, tmp):
         else: ds = datasets.load_dataset(kind, data_files=files, split='train')
     except Exception as e:
         raise QloraError(f'{where}: could not read {", ".join(files[:3])} as {kind}: {_short(e)}. '
-                         'Fix: check that every row has the same fields with the same types (a field that is a string in one row and a number or list in another cannot be read), and that the file is UTF-8.') from None
+                         'Fix: check that every row has the same fields with the same types (a field that is a string '
+                         'in one row and a number or list in another cannot be read), and that the file is '
+                         'UTF-8.') from None
     return ds, bad
 
-def _short(e:Exception)->str:
-    while e.__cause__ is not None or e.__context__ is not None: e = e.__cause__ or e.__context__
-    return f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}'
-
+# %% ../nbs/11_loading.ipynb #6880e559
 def load_one(dc:DatasetConfig,              # the dataset entry
              where:str='data.datasets[0]',  # its key in the config, for messages
              on_bad_rows:str='error',       # `error` or `skip` malformed lines
@@ -141,22 +147,28 @@ def load_one(dc:DatasetConfig,              # the dataset entry
     if Path(path).is_dir() and any((Path(path)/f).exists() for f in ('dataset_info.json', 'dataset_dict.json', 'state.json')):
         ds = datasets.load_from_disk(path)
         if isinstance(ds, datasets.DatasetDict):
-            if dc.split not in ds: raise QloraError(f'{where}.split: {path} has no split {dc.split!r}; it has {", ".join(ds)}. Fix: set `split`.')
+            if dc.split not in ds: raise QloraError(f'{where}.split: {path} has no split {dc.split!r}; it has '
+                                                    f'{", ".join(ds)}. Fix: set `split`.')
             ds = ds[dc.split]
         loaded = Loaded(ds, path, files=[path])
     elif files:
         missing = [f for f in files if not Path(f).is_file()]
         if missing: raise QloraError(f'{where}.data_files: {missing[0]} does not exist. Fix: check the path.')
-        ds, bad = _load_files(files, file_type(files, dc.ds_type, where), where, on_bad_rows, tmp or tempfile.mkdtemp(prefix='qlora_nb_'))
+        ds, bad = _load_files(files, file_type(files, dc.ds_type, where), where, on_bad_rows,
+                              tmp or tempfile.mkdtemp(prefix='qlora_nb_'))
         loaded = Loaded(ds, files[0] if len(files) == 1 else path, bad, files)
     elif Path(path).expanduser().exists():
-        raise QloraError(f'{where}.path: {path} has no data files (.jsonl, .json, .csv, .parquet, .txt, .arrow). Fix: check the path, or set `data_files`.')
+        raise QloraError(f'{where}.path: {path} has no data files (.jsonl, .json, .csv, .parquet, .txt, .arrow). Fix: '
+                         'check the path, or set `data_files`.')
     else:
-        data_source(path, where)  # a path that cannot be a hub id is a file that does not exist: say so, not the hub's error
+        # a path that cannot be a hub id is a file that does not exist: say so, not the hub's error
+        data_source(path, where)
         try: ds = datasets.load_dataset(path, dc.name, split=dc.split)
         except Exception as e:
-            raise QloraError(f'{where}.path: {path!r} is not a local file or folder, and loading it from the hub failed: {_short(e)}. '
-                             'Fix: check the path (relative paths are read from the current folder) or the hub id, and your network.') from None
+            raise QloraError(f'{where}.path: {path!r} is not a local file or folder, and loading it from the hub '
+                             f'failed: {_short(e)}. '
+                             'Fix: check the path (relative paths are read from the current folder) or the hub id, and '
+                             'your network.') from None
         loaded = Loaded(ds, path)
     if dc.limit: loaded.ds = loaded.ds.select(range(min(dc.limit, len(loaded.ds))))
     return loaded

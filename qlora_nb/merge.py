@@ -132,16 +132,19 @@ def checkpoint_files(path, # a model folder
                      + (f'; found {", ".join(other)} (pickle format)' if other else '') +
                      '. Fix: set model.base_model to a local folder with safetensors weights (save the model once with `save_pretrained`).')
 
+# %% ../nbs/70_merge.ipynb #82188121
 def st_header(f, # a safetensors file opened for binary reading
              ) -> tuple[int, dict]: # (offset of the data, tensor name -> {dtype, shape, data_offsets})
     "The header of a safetensors file."
     f.seek(0)
     n = int.from_bytes(f.read(8), 'little')
     try: h = json.loads(f.read(n))
-    except ValueError: raise QloraError(f'{f.name}: not a safetensors file (unreadable header). Fix: download or save the checkpoint again.') from None
+    except ValueError: raise QloraError(f'{f.name}: not a safetensors file (unreadable header). Fix: download or save '
+                                        'the checkpoint again.') from None
     h.pop('__metadata__', None)
     return 8 + n, h
 
+# %% ../nbs/70_merge.ipynb #e08d7cac
 def checkpoint_index(path) -> dict[str, tuple]:
     "`{key: (file, dtype, shape)}` for every tensor of the checkpoint in `path`, in file order, read from the headers only."
     out = {}
@@ -150,6 +153,7 @@ def checkpoint_index(path) -> dict[str, tuple]:
         out |= {k: (p, v['dtype'], tuple(v['shape'])) for k,v in sorted(h.items(), key=lambda kv: kv[1]['data_offsets'][0])}
     return out
 
+# %% ../nbs/70_merge.ipynb #13bd7b2f
 _ST_TORCH = {'F32': 'float32', 'BF16': 'bfloat16', 'F16': 'float16', 'F64': 'float64', 'I64': 'int64', 'I32': 'int32',
              'I16': 'int16', 'I8': 'int8', 'U8': 'uint8', 'BOOL': 'bool'}
 
@@ -169,24 +173,29 @@ def read_tensors(files:dict, # tensor name -> its safetensors file
             b, e = info['data_offsets']
             buf = torch.empty(e - b, dtype=torch.uint8)
             f.seek(start + b)
-            if f.readinto(buf.numpy()) != e - b: raise QloraError(f'{opened}: truncated at tensor {k}. Fix: download or save the checkpoint again.')
+            if f.readinto(buf.numpy()) != e - b: raise QloraError(f'{opened}: truncated at tensor {k}. Fix: download '
+                                                                  'or save the checkpoint again.')
             yield buf.view(getattr(torch, _ST_TORCH[info['dtype']])).reshape(info['shape'])
     finally:
         if f: f.close()
 
+# %% ../nbs/70_merge.ipynb #16e0a988
 def model_skeleton(path, trust_remote_code:bool=False):
     "The model of `path` built on the meta device: its structure, with no weights in memory."
     import torch, transformers
     cfg = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    with torch.device('meta'): return transformers.AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
+    with torch.device('meta'): return transformers.AutoModelForCausalLM.from_config(cfg,
+                                                                                    trust_remote_code=trust_remote_code)
 
+# %% ../nbs/70_merge.ipynb #20548397
 def quantized_weights(skeleton) -> set[str]:
     "Keys of the weights bitsandbytes stores in 4 bits when loading `skeleton`'s model: the linear layers but the output head."
     import torch
     from transformers.quantizers.base import get_keys_to_not_convert
     from transformers.quantizers.quantizers_utils import should_convert_module
     skip = get_keys_to_not_convert(skeleton)
-    return {f'{n}.weight' for n,m in skeleton.named_modules() if isinstance(m, torch.nn.Linear) and should_convert_module(n, skip)}
+    return {f'{n}.weight' for n,m in skeleton.named_modules()
+            if isinstance(m, torch.nn.Linear) and should_convert_module(n, skip)}
 
 # %% ../nbs/70_merge.ipynb #3990ab0b
 def nf4_roundtrip(w,                    # a weight
@@ -245,15 +254,29 @@ class Plan:
     @property
     def total_bytes(self): return sum(nbytes(dt, s) for *_,dt,s in self.tensors)
 
+# %% ../nbs/70_merge.ipynb #fc5facea
 def _mismatch(key, want, got, base, acfg):
-    return QloraError(f'adapter_model.safetensors: {key}: the adapter fits a {"x".join(map(str, want))} tensor, the base model {base} has '
-                      f'{"x".join(map(str, got))}. The adapter was trained on a different base model (its adapter_config.json names '
-                      f'{acfg.get("base_model_name_or_path")!r}). Fix: set model.base_model to the model the adapter was trained on.')
+    return QloraError(f'adapter_model.safetensors: {key}: the adapter fits a {"x".join(map(str, want))} tensor, the '
+                      f'base model {base} has '
+                      f'{"x".join(map(str, got))}. The adapter was trained on a different base model (its '
+                      'adapter_config.json names '
+                      f'{acfg.get("base_model_name_or_path")!r}). Fix: set model.base_model to the model the adapter '
+                      'was trained on.')
 
+# %% ../nbs/70_merge.ipynb #f662f527
 def _update_shape(u:Update):
     if u.full is not None: return tuple(u.full.shape)
     return (u.A.shape[1], u.B.shape[0]) if u.embedding else (u.B.shape[0], u.A.shape[1])
 
+# %% ../nbs/70_merge.ipynb #c828bb58
+def _vocab_keys(skeleton) -> set[str]:
+    "Checkpoint keys of the input embedding and output head."
+    out = set()
+    for mod in (skeleton.get_input_embeddings(), skeleton.get_output_embeddings()):
+        out |= {f'{n}.weight' for n,m in skeleton.named_modules() if m is mod and mod is not None}
+    return out
+
+# %% ../nbs/70_merge.ipynb #e264a455
 def plan_merge(idx:dict,      # `checkpoint_index` of the base
                ups:dict,      # `adapter_updates`
                skeleton,      # `model_skeleton` of the base
@@ -265,10 +288,13 @@ def plan_merge(idx:dict,      # `checkpoint_index` of the base
     "Match the adapter to the base checkpoint, check every shape, and list the output tensors."
     tied = {k:v for k,v in getattr(skeleton, 'all_tied_weights_keys', {}).items() if k not in idx and v in idx}
     touched = set(ups) & (set(tied) | set(tied.values()))
-    plan = Plan(untie=bool(touched), dequantize=quantized_weights(skeleton) if dequantize else set(), files={k:f for k,(f,_,_) in idx.items()})
+    plan = Plan(untie=bool(touched), dequantize=quantized_weights(skeleton) if dequantize else set(),
+                files={k:f for k,(f,_,_) in idx.items()})
     extra = [k for k in ups if k not in idx and not (plan.untie and k in tied)]
-    if extra: raise QloraError(f'adapter_model.safetensors: {len(extra)} adapted tensors are not in the base model {base}, e.g. {extra[0]!r}. '
-                               f'The adapter was trained on a different model (its adapter_config.json names {acfg.get("base_model_name_or_path")!r}). '
+    if extra: raise QloraError(f'adapter_model.safetensors: {len(extra)} adapted tensors are not in the base model '
+                               f'{base}, e.g. {extra[0]!r}. '
+                               'The adapter was trained on a different model (its adapter_config.json names '
+                               f'{acfg.get("base_model_name_or_path")!r}). '
                                'Fix: set model.base_model to the model the adapter was trained on.')
     rows = {}
     keys = list(idx) + ([k for k in tied] if plan.untie else [])
@@ -284,18 +310,13 @@ def plan_merge(idx:dict,      # `checkpoint_index` of the base
         floating = sdt in ('F32', 'F16', 'BF16', 'F64')
         plan.tensors.append((k, src, u, st_dtype(dtype) if floating else sdt, out_shape))
     if len(set(rows.values())) > 1:
-        raise QloraError(f'adapter_model.safetensors: vocabulary-size mismatch: {", ".join(f"{k} has {n} rows" for k,n in rows.items())}. '
-                         'The adapter resized one of them (tokens were added) but not the other. Fix: train with both `embed_tokens` and `lm_head` in lora.modules_to_save.')
+        raise QloraError('adapter_model.safetensors: vocabulary-size mismatch: '
+                         f'{", ".join(f"{k} has {n} rows" for k,n in rows.items())}. '
+                         'The adapter resized one of them (tokens were added) but not the other. Fix: train with both '
+                         '`embed_tokens` and `lm_head` in lora.modules_to_save.')
     vocab = next(iter(rows.values()), None)
     if vocab is not None and vocab != skeleton.config.vocab_size: plan.vocab_size = vocab
     return plan
-
-def _vocab_keys(skeleton) -> set[str]:
-    "Checkpoint keys of the input embedding and output head."
-    out = set()
-    for mod in (skeleton.get_input_embeddings(), skeleton.get_output_embeddings()):
-        out |= {f'{n}.weight' for n,m in skeleton.named_modules() if m is mod and mod is not None}
-    return out
 
 # %% ../nbs/70_merge.ipynb #f704452d
 @dataclass
@@ -349,12 +370,14 @@ def _merged_tensors(plan:Plan, dtype, quant_dtype, quant_type:str, double_quant:
 # %% ../nbs/70_merge.ipynb #22f696c1
 def _check_target(out:Path, overwrite:bool):
     if out.exists() and not overwrite:
-        raise QloraError(f'{out}: already exists. Fix: choose another folder (output.merged_dir), or set output.overwrite: true to replace it.')
+        raise QloraError(f'{out}: already exists. Fix: choose another folder (output.merged_dir), or set '
+                         'output.overwrite: true to replace it.')
 
 def _check_disk(folder:Path, need:int):
     free = shutil.disk_usage(folder).free
     if free < need * 1.02 + 2**26:
-        raise QloraError(f'{folder}: not enough disk space: the merged model needs {need/2**30:.2f} GiB, {free/2**30:.2f} GiB are free. Fix: free space, or set output.merged_dir on a larger disk.')
+        raise QloraError(f'{folder}: not enough disk space: the merged model needs {need/2**30:.2f} GiB, '
+                         f'{free/2**30:.2f} GiB are free. Fix: free space, or set output.merged_dir on a larger disk.')
 
 # %% ../nbs/70_merge.ipynb #5d961f3f
 def _save_tokenizer(adapter:Path, base:str, tmp:Path, vocab:int, trust_remote_code:bool) -> str:

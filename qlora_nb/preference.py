@@ -7,13 +7,13 @@ __all__ = ['detect_preference', 'to_pair', 'to_kto', 'encode_answers', 'tokenize
            'preview_preference']
 
 # %% ../nbs/17_preference.ipynb #e40bb30a
-import html, logging, warnings
+import html, logging, tempfile, warnings
 from .config import Config, DatasetConfig, QloraError, QloraWarning
 from .formats import BadRow, to_messages
 from .loading import load_one
 from .templates import prepare_tokenizer
 from .tokenizing import IGNORE, SampleTokenizer, chat_spans, tokenize_texts
-from .data import REASONS, DatasetReport, DataReport, PreparedData, _finish, _with_row_id
+from .data import REASONS, DatasetReport, PreparedData, assemble_data
 from .preview import preview_html, preview_sample, preview_text, system_note, token_counts
 
 # %% ../nbs/17_preference.ipynb #b06c90b6
@@ -255,29 +255,13 @@ def prepare_preference_data(config:Config, # `training.method` dpo, orpo or kto;
                             tokenizer,     # the model's tokenizer (`prepare_tokenizer` is applied)
                            )->PreparedData:
     "Load, convert, tokenize, length-check, mix, split and shuffle preference data, accounting for every row (no packing)."
-    import datasets, tempfile
-    d, seed = config.data, config.training.seed
+    d = config.data
     prepare_tokenizer(tokenizer, config)
     st = SampleTokenizer(tokenizer, tokenizer.chat_template, ('assistant',), False)
     with tempfile.TemporaryDirectory(prefix='qlora_nb_') as tmp:
         parts, reports = _tokenize_all(d.datasets, st, config, 'data.datasets', tmp)
         vparts, vreports = _tokenize_all(d.val_datasets, st, config, 'data.val_datasets', tmp)
-    train = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    ev, n_split = (datasets.concatenate_datasets(vparts) if vparts else None), 0
-    if d.val_set_size:
-        n = int(d.val_set_size) if d.val_set_size >= 1 else max(1, round(d.val_set_size * len(train)))
-        if n >= len(train): raise QloraError(f'data.val_set_size: {d.val_set_size} asks for {n} of the {len(train)} training rows. Fix: use a smaller fraction or count.')
-        sp = train.train_test_split(test_size=n, seed=seed, shuffle=True)
-        train, ev, n_split = sp['train'], sp['test'], n
-    train, row_ids, _ = _finish(train, config, seed, False)
-    eval_ids = []
-    if ev is not None: ev, eval_ids, _ = _finish(ev, config, seed, False)
-    train = _with_row_id(train, row_ids, [r.source for r in reports])
-    if ev is not None: ev = _with_row_id(ev, eval_ids, [r.source for r in (vreports or reports)])
-    rep = DataReport(reports, vreports, d.sequence_len, len(train), len(ev) if ev is not None else 0, n_split)
-    if not len(train): raise QloraError(f'no training rows are left:\n{rep}\nFix: see the reasons above.')
-    log.info('data:\n%s', rep)
-    return PreparedData(train, ev, rep, row_ids, [r.source for r in reports], eval_ids)
+    return assemble_data(config, parts, reports, vparts, vreports, pack=False)
 
 # %% ../nbs/17_preference.ipynb #66323dc3
 def _shared_prompt(row:dict)->int:
