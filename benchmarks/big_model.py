@@ -6,8 +6,8 @@ memory (`qlora_nb.offload.stream_layers`), against the same workload with the la
 
 Each run: peak GPU memory (torch's max allocated) and tokens/s streamed, tokens/s resident, and a profile of one
 layer: its bytes, the host-to-device copy rate, the compute per layer per step, and which bound applies; `timeline`
-is one streamed step under torch.profiler (GPU time of the compute kernels and of the copies each way, and how much
-of the copying overlapped compute). `estimate` is what `qlora_nb.estimate` predicts for the same run.
+is two streamed steps under torch.profiler (GPU time of the compute kernels and of the copies each way, in all and
+per layer and step, and how much of the copying overlapped compute). `estimate` is what `qlora_nb.estimate` predicts for the same run.
 The fused 4-bit LoRA path is on, as `train` has it on CUDA (`--plain`: peft + bitsandbytes as they are).
 Writes benchmarks/results/big_model.json (or --out); runs already in that file with another shape, micro batch or
 length stay, so each shape can run in its own process. The GPU image has no fastcore (qlora_nb needs it): carry its
@@ -105,7 +105,7 @@ def _overlap(xs:list, ys:list) -> float:
     return tot
 
 def timeline(model, opt, mbs:int, seq:int, vocab:int, layers:int, trace:str) -> dict:
-    "One step under torch.profiler: ms of GPU time in compute kernels, in copies each way, how much copying hid behind compute."
+    "Two steps under torch.profiler: ms of GPU time in compute kernels, in copies each way, how much copying hid behind compute."
     import tempfile
     from torch.profiler import profile, ProfilerActivity
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof: tps = steps(model, opt, mbs, seq, 2, vocab)
