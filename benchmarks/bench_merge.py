@@ -1,21 +1,25 @@
 """Peak memory of `qlora_nb.merge.merge_adapter` on a large random checkpoint, against peft's `merge_and_unload`.
 
-    python benchmarks/bench_merge.py [--shape 1b|3b|8b] [--mode base|dequantized] [--peft] [--export] [--dir DIR]
+    python benchmarks/bench_merge.py [--shape 1b|3b|8b|70b] [--layers N] [--mode base|dequantized] [--peft] [--export] [--dir DIR]
 
 Builds a random bfloat16 checkpoint of a Llama 3 shape (sharded safetensors, written tensor by tensor so the
 builder itself stays small) and a random rank-16 all-linear adapter, then merges in a fresh process and
 reports that process's peak resident memory (VmHWM, which also counts the pages of any memory-mapped file
 it touched). `--peft` also times the classic recipe (`from_pretrained` + `PeftModel` +
 `merge_and_unload` + `save_pretrained`) for comparison; `--export` also measures the Q8_0 GGUF export of the
-merged model. The 8B shape needs about 30 GiB of free disk.
+merged model. The 8B shape needs about 30 GiB of free disk. `--layers` keeps the shape's tensors but builds fewer decoder
+layers: the 70B shape's 141 GiB do not fit most disks, and the peak depends on the largest tensors and the shards,
+not on how many layers there are (compare two layer counts to see it).
 """
 import argparse, json, os, resource, subprocess, sys, time
 from pathlib import Path
 
-SHAPES = {  # Llama 3.2 1B, Llama 3.2 3B, Llama 3.1 8B
+SHAPES = {  # Llama 3.2 1B, Llama 3.2 3B, Llama 3.1 8B, Llama 3.1 70B
     '1b': dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True),
     '3b': dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8, tie_word_embeddings=True),
     '8b': dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False),
+    '70b': dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
+                tie_word_embeddings=False),
 }
 VOCAB, RANK = 128256, 16
 TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj')
@@ -35,13 +39,14 @@ def _shapes(s):
     return out
 
 
-def build(d:Path, shape:str, shard_gib:float=2.0):
-    "Write the random checkpoint and adapter into `d` (reused when present)."
+def build(d:Path, shape:str, shard_gib:float=2.0, layers:int|None=None):
+    "Write the random checkpoint and adapter into `d` (reused when present); `layers`: fewer decoder layers than the shape has."
     import torch, transformers, peft
     from safetensors.torch import save_file
     from qlora_nb.merge import write_safetensors, _shards, nbytes
-    base, adapter = d/f'base-{shape}', d/f'adapter-{shape}'
-    s = SHAPES[shape]
+    s = SHAPES[shape] | ({'num_hidden_layers': layers} if layers else {})
+    name = f'{shape}-{layers}layers' if layers else shape
+    base, adapter = d/f'base-{name}', d/f'adapter-{name}'
     if not (base/'config.json').exists():
         base.mkdir(parents=True, exist_ok=True)
         specs = [(k, 'BF16', v) for k,v in _shapes(s).items()]
@@ -114,6 +119,7 @@ def measure(kind, base, adapter, out, mode):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--shape', choices=list(SHAPES), default='1b')
+    ap.add_argument('--layers', type=int, help="decoder layers to build (default: the shape's own)")
     ap.add_argument('--mode', choices=['base', 'dequantized'], default='base')
     ap.add_argument('--peft', action='store_true', help='also measure peft merge_and_unload + save_pretrained')
     ap.add_argument('--export', action='store_true', help='also measure the Q8_0 GGUF export of the merged model')
@@ -123,9 +129,9 @@ def main():
     if a.child: return child(*a.child)
     d = Path(a.dir)
     t = time.time()
-    base, adapter = build(d, a.shape)
+    base, adapter = build(d, a.shape, layers=a.layers)
     shards = sorted(base.glob('*.safetensors'))
-    print(f'checkpoint: Llama-3 {a.shape} shape, bfloat16, {_gib(base):.2f} GiB in {len(shards)} shards (largest {max(f.stat().st_size for f in shards)/2**30:.2f} GiB); '
+    print(f'checkpoint: Llama-3 {a.shape} shape{f" ({a.layers} layers)" if a.layers else ""}, bfloat16, {_gib(base):.2f} GiB in {len(shards)} shards (largest {max(f.stat().st_size for f in shards)/2**30:.2f} GiB); '
           f'adapter rank {RANK} all-linear: {_gib(adapter):.3f} GiB (built in {time.time()-t:.0f}s)')
     r = measure('qlora_nb', base, adapter, d/'merged', a.mode)
     print(f'qlora_nb merge_adapter ({a.mode}): peak RSS {r["peak_rss_gib"]:.2f} GiB, {r["seconds"]:.0f}s')

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['GIB', 'REFERENCE_SHAPES', 'REFERENCE_ALIASES', 'OPTIMIZER_BYTES', 'PER_TOKEN', 'LOSS_TILE', 'CUDA_CONTEXT_GIB',
-           'FRAGMENTATION', 'HARDWARE', 'ModelShape', 'reference_for', 'model_shape', 'quantized_bytes',
-           'layer_bytes_per_token', 'Estimate', 'gpu_memory_gib', 'estimate', 'OffloadSpeed', 'offload_speed', 'fixes',
-           'auto_fit', 'hardware_table']
+           'FRAGMENTATION', 'OFFLOAD_RATES', 'PLANNING_RATES', 'HARDWARE', 'ModelShape', 'reference_for', 'model_shape',
+           'quantized_bytes', 'layer_bytes_per_token', 'Estimate', 'gpu_memory_gib', 'gpu_name', 'estimate',
+           'offload_rates', 'OffloadSpeed', 'offload_speed', 'fixes', 'auto_fit', 'hardware_table']
 
 # %% ../nbs/22_estimate.ipynb #0b382321
 import copy, difflib, json, math, re
@@ -228,6 +228,11 @@ def gpu_memory_gib() -> float|None:
     if not torch.cuda.is_available(): return None
     return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
 
+def gpu_name() -> str|None:
+    "The name of this process's GPU, or None without one."
+    import torch
+    return torch.cuda.get_device_name(torch.cuda.current_device()) if torch.cuda.is_available() else None
+
 # %% ../nbs/22_estimate.ipynb #c4674106
 def estimate(config,                 # a `Config` (or YAML path / dict)
              gpu_gib:float|None=None, # memory to plan for; default: `training.memory_budget_gib`, else this GPU's, else none
@@ -283,12 +288,25 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
                                      'so the built-in '
                                      f'reference shape {shape.reference!r} was used: the same architecture and sizes'
                                      + (', text model only (its vision tower is not counted).' if shape.reference in _TEXT_ONLY else '.'))
-    if streamed: notes.append(offload_speed(config, shape).note)
+    if streamed:  # this GPU's rates when planning for this GPU; for another budget the card is unknown
+        here = gpu_gib is None and t.memory_budget_gib is None
+        notes.append(offload_speed(config, shape, gpu=gpu_name() if here else None).note)
     if t.optimizer.startswith('paged'): notes.append('paged optimizer: its states can move to CPU memory under '
                                                      'pressure.')
     return Estimate(comps, peak / GIB, (peak + margin) / GIB, budget, T, notes)
 
 # %% ../nbs/22_estimate.ipynb #9da18af6
+OFFLOAD_RATES = {  # a part of the GPU's name -> (pinned host-to-device GB/s, effective TFLOP/s of a layer's step), by benchmarks/big_model.py
+    'H200': (55., 500.),  # 2026-12-02, PCIe 5.0 x16: 54.5-55.2 GB/s; 450 (1k tokens a step) to 600 (16k) TFLOP/s
+}
+PLANNING_RATES = (25., 100.)  # a 24 GiB PCIe 4.0 x16 card (RTX 4090 class): planning figures, not measured here
+
+def offload_rates(gpu:str|None=None) -> tuple[float, float, str]:
+    "(copy GB/s, TFLOP/s, where they come from) for the GPU named `gpu`: measured where `OFFLOAD_RATES` has it, else planning figures."
+    for k, (gbps, tflops) in OFFLOAD_RATES.items():
+        if gpu and k in gpu: return gbps, tflops, f'rates measured on an {k}'
+    return *PLANNING_RATES, 'planning rates of a 24 GiB PCIe 4.0 card'
+
 @dataclass
 class OffloadSpeed:
     "The per-layer clocks of a streamed step: which one bounds the speed."
@@ -296,21 +314,29 @@ class OffloadSpeed:
     transfer_ms:float   # its weights in twice, its input out and back
     tokens_per_s:float  # the bound: tokens / (layers × the slower clock)
     resident_tokens_per_s:float # the same with the layers resident (compute only)
+    rates:str=''        # where the copy and compute rates come from
     @property
     def bound(self) -> str: return 'PCIe' if self.transfer_ms > self.compute_ms else 'compute'
     @property
     def note(self) -> str:
         return (f'offload: per layer {self.compute_ms:.1f} ms compute vs {self.transfer_ms:.1f} ms PCIe: {self.bound}-bound, at most '
-                f'{self.tokens_per_s:,.0f} tokens/s ({self.tokens_per_s / self.resident_tokens_per_s:.0%} of resident)')
+                f'{self.tokens_per_s:,.0f} tokens/s ({self.tokens_per_s / self.resident_tokens_per_s:.0%} of resident; {self.rates})')
 
-def offload_speed(config:Config, shape:ModelShape, pcie_gbps:float=25., tflops:float=100.) -> OffloadSpeed:
+def offload_speed(config:Config, shape:ModelShape,
+                  pcie_gbps:float|None=None, # pinned host-to-device copy rate; default: `offload_rates(gpu)`
+                  tflops:float|None=None,    # effective matmul rate of a layer's step; default: `offload_rates(gpu)`
+                  gpu:str|None=None,         # the GPU's name, e.g. 'NVIDIA H200'; None: planning rates of a 24 GiB card
+                 ) -> OffloadSpeed:
     "Speed bound of `training.offload: layers`: PCIe bandwidth vs compute per layer."
+    g, f, rates = offload_rates(gpu)
+    if pcie_gbps or tflops: rates = 'rates given'
+    pcie_gbps, tflops = pcie_gbps or g, tflops or f
     T = config.training.micro_batch_size * (config.data.sequence_len or 2048)
     layer_params = sum(i*o for i,o in shape.linears.values())
     layer_bytes = sum(quantized_bytes(i, o, config, 2) for i,o in shape.linears.values())
     compute = 3 * 2 * layer_params * T / (tflops * 1e12)
     transfer = (2 * layer_bytes + 2 * T * shape.hidden * 2) / (pcie_gbps * 1e9)
-    return OffloadSpeed(1e3 * compute, 1e3 * transfer, T / (shape.layers * max(compute, transfer)), T / (shape.layers * compute))
+    return OffloadSpeed(1e3 * compute, 1e3 * transfer, T / (shape.layers * max(compute, transfer)), T / (shape.layers * compute), rates)
 
 # %% ../nbs/22_estimate.ipynb #f3ba37ea
 def _with(config:Config, sets:dict) -> Config:
