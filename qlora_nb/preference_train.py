@@ -10,7 +10,7 @@ import importlib, warnings
 from dataclasses import dataclass
 from .config import Config, QloraError
 from .kernels import fast_path
-from .lora import keep_dtypes
+from .lora import keep_dtypes, peft_notice_hidden
 from .tokenizing import IGNORE
 
 # %% ../nbs/34_preference_train.ipynb #a0c51642
@@ -101,6 +101,10 @@ def trainer_class(method:str):
         def concatenated_forward(self, model, batch):
             out = super().concatenated_forward(model, batch)
             return (*out[:4], _orpo_nll(out[2], batch['chosen_labels']), *out[5:])
+        def compute_loss(self, *args, **kw):  # trl reads transformers' deprecated `is_gradient_checkpointing` each step
+            with peft_notice_hidden(): return super().compute_loss(*args, **kw)
+        def prediction_step(self, *args, **kw):
+            with peft_notice_hidden(): return super().prediction_step(*args, **kw)
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             model_ = model or self.model
             dtypes = {n: p.dtype for n, p in model_.named_parameters() if p.requires_grad}
