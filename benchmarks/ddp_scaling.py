@@ -4,7 +4,7 @@
 Each size runs `accelerate launch --num_processes N benchmarks/ddp_scaling.py --child ...`; rank 0 prints
 the global tokens/s (all processes' tokens) over the steps after the first few.
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, json, os, subprocess, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -7,7 +7,7 @@ each cell (sequence length x micro batch x checkpointing) trains a few steps thr
 
     python benchmarks/memory_accuracy.py [--shapes llama-3.2-1b,llama-3.1-8b] [--out results.md]
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, json, subprocess, sys, tempfile, time
 from pathlib import Path
 
 

@@ -10,7 +10,7 @@ __all__ = ['SECTIONS', 'ALIASES', 'LOSS_TYPES', 'RULES', 'ADVICE', 'setting', 'M
            'save_config', 'get_setting', 'set_setting']
 
 # %% ../nbs/00_config.ipynb #53eb4f0a
-import copy, dataclasses, difflib, importlib, json, os, types, warnings
+import copy, dataclasses, difflib, importlib, json, os, types
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -459,7 +459,7 @@ def _rule_schedule(c:Config, given):
     t = c.training
     for a,b in (('eval_steps', 'evals_per_epoch'), ('save_steps', 'saves_per_epoch')):
         if getattr(t, a) and getattr(t, b):
-            yield Problem(f'training.{b}', f'`{a}` and `{b}` are both set.', f'keep one of them.')
+            yield Problem(f'training.{b}', f'`{a}` and `{b}` are both set.', 'keep one of them.')
     if t.warmup_steps and t.warmup_ratio > 0:
         yield Problem('training.warmup_steps', '`warmup_steps` and `warmup_ratio` are both set.',
                       'keep one (set the other to 0).')

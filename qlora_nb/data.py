@@ -113,7 +113,7 @@ def _row_fn(kind, dc, st, source, seq_len, overlong, on_bad_rows):
     mode = ('truncate' if overlong == 'truncate' else 'split') if kind == 'completion' else ('drop' if overlong == 'split' else overlong)
     def fn(batch, idx):
         rows = [dict(zip(batch, v)) for v in zip(*batch.values())]
-        samples, results = [], []
+        samples = []
         for r in rows:
             try: samples.append(to_sample(r, kind, dc))
             except BadRow as e: samples.append(e)

@@ -9,8 +9,8 @@ __all__ = ['GIB', 'REFERENCE_SHAPES', 'REFERENCE_ALIASES', 'OPTIMIZER_BYTES', 'P
            'offload_rates', 'OffloadSpeed', 'offload_speed', 'fixes', 'auto_fit', 'hardware_table']
 
 # %% ../nbs/22_estimate.ipynb #0b382321
-import copy, difflib, json, math, re
-from dataclasses import dataclass, field, replace
+import copy, difflib, math, re
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from .config import Config, QloraError, load_config
@@ -257,7 +257,6 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
              2 * base / L if streamed else base,
          'embeddings, norms, head': shape.other_params * dsize,
          'LoRA adapters': lora * dsize, 'LoRA gradients': lora * dsize, f'optimizer states ({t.optimizer})': lora * opt}
-    static = sum(c.values())
     per_layer = layer_bytes_per_token(shape, config, targets, dsize)
     k = PER_TOKEN
     if t.gradient_checkpointing:
@@ -350,7 +349,7 @@ def fixes(config, budget_gib:float, shape:ModelShape|None=None) -> list[str]:
     config = copy.deepcopy(load_config(config))
     shape = shape or model_shape(config.model.base_model)
     if estimate(config, budget_gib, shape).fits: return []
-    t, out = config.training, []
+    out = []
     def step(what, sets):
         nonlocal config
         config = _with(config, sets)

@@ -265,7 +265,7 @@ def modelfile(gguf_name:str,            # the GGUF file, relative to the Modelfi
              ) -> str:
     "An Ollama Modelfile for the GGUF file, with the chat template translated to Go and its stop tokens."
     fam = template_family(chat_template)
-    lines = [f'# Written by qlora_nb. Run: ollama create NAME -f Modelfile', f'FROM ./{gguf_name}']
+    lines = ['# Written by qlora_nb. Run: ollama create NAME -f Modelfile', f'FROM ./{gguf_name}']
     if fam is None:
         warnings.warn('the chat template is neither Llama 3 nor ChatML, so the Modelfile has no TEMPLATE and Ollama uses the GGUF\'s own chat template; '
                       'check the answers, and add TEMPLATE and stop lines by hand if needed.', QloraWarning)

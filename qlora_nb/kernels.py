@@ -338,7 +338,6 @@ def _segments(position_ids, batch:int, length:int):
 # %% ../nbs/23_kernels.ipynb #3ef17a32
 def _varlen_call():
     "PyTorch's varlen flash attention as `f(q, k, v, cu, max_len, scale)` on (tokens, heads, dim) tensors, or None."
-    import torch
     try: from torch.nn.attention.varlen import varlen_attn
     except ImportError: return None
     params = inspect.signature(varlen_attn).parameters

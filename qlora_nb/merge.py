@@ -9,7 +9,7 @@ __all__ = ['ADAPTER_FILES', 'SUPPORTED', 'check_adapter_config', 'read_adapter',
            'MergeResult', 'resolve_dtype', 'merge_adapter', 'merged_path', 'merge', 'eval_loss', 'compare_merge_modes']
 
 # %% ../nbs/70_merge.ipynb #7d5a2486
-import json, logging, math, os, re, shutil, tempfile, time, warnings
+import json, logging, math, re, shutil, tempfile, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from .builtin import resolve_model_path

@@ -117,7 +117,7 @@ def to_kto(row:dict, dc:DatasetConfig)->dict:
     if not isinstance(lab, bool): raise BadRow(f'field `label` should be true or false, got {lab!r}')
     if dc.format: return _raw(row, dc, [('completion', fo)]) | {'label': lab}
     prompt, comp = _prompt_of(row, dc), _answer(row.get(fo), fo, dc)
-    if prompt is None: raise BadRow(f'there is no prompt: add a `prompt` (or `messages`) column')
+    if prompt is None: raise BadRow('there is no prompt: add a `prompt` (or `messages`) column')
     _check_answer(comp, fo)
     return {'prompt': _with_system(prompt, row, dc), 'completion': comp, 'label': lab}
 
