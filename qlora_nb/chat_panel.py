@@ -119,6 +119,9 @@ def other_runs(text:str, # the *also compare* box: `name=folder, name=folder`
         if not (eq and name and folder):
             raise QloraError(f'also compare: {part.strip()!r} is not name=folder. Fix: write e.g. sft=runs/sft, '
                              'one per run, comma separated.')
+        if name in out:
+            raise QloraError(f'also compare: the name {name!r} is given twice ({out[name]} and {folder}). Fix: give each '
+                             'run its own name.')
         out[name] = folder
     return out
 
