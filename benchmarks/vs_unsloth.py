@@ -36,7 +36,7 @@ SHAPES = {'8b': ('llama3-8b', '/tmp/vs_unsloth/llama3-8b'), '1b': ('llama3-1b', 
 FAST = {'liger': True, 'fused': True}
 WORKLOADS = {
     'lean':  dict(shape='8b', chat=False, steps=10, budget=None,
-                  cands={'qlora_nb': [(4, True, FAST)], 'qlora_nb-plain': [(4, True, {'liger': False, 'fused': False})],
+                  cands={'qlora_nb': [(4, True, FAST | {'offload': 'activations'})], 'qlora_nb-plain': [(4, True, {'liger': False, 'fused': False})],
                          'qlora_nb+liger': [(4, True, {'liger': True, 'fused': False})],
                          'hf': [(4, True, {})], 'hf+liger': [(4, True, {})], 'unsloth': [(4, True, {})]}),
     'chat':  dict(shape='8b', chat=True, steps=16, budget=None,
@@ -91,6 +91,7 @@ def our_cell(path:str, seq:int, mbs:int, ckpt:bool, steps:int, chat:bool, extra:
     t.micro_batch_size, t.gradient_accumulation_steps, t.max_steps, t.learning_rate = mbs, 1, steps, 2e-4
     t.lr_scheduler, t.warmup_ratio, t.logging_steps, t.gradient_checkpointing = 'constant', 0.0, 5, ckpt
     t.checkpoint_every, t.liger_kernel, t.nan_guard, t.grad_norm_alarm = extra.get('every', 1), extra.get('liger', True), False, None
+    t.offload = extra.get('offload', 'none')
     c.data.sequence_len, c.data.padding_free, c.output.output_dir = seq, extra.get('padding_free', False), tempfile.mkdtemp()
     t0 = time.time()
     model, tok = load_model(c)
@@ -102,7 +103,7 @@ def our_cell(path:str, seq:int, mbs:int, ckpt:bool, steps:int, chat:bool, extra:
     times, seen, prof = [], [], {}
     class Timer(TrainerCallback):
         def on_step_begin(self, a, s, c_, **k):
-            if extra.get('profile') and s.global_step == 4: prof['p'] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]).__enter__()
+            if extra.get('profile') and s.global_step == 4: prof['p'] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]).__enter__()
             torch.cuda.synchronize(); self.t = time.time()
         def on_step_end(self, a, s, c_, **k):
             torch.cuda.synchronize(); times.append(time.time() - self.t); seen.append(s.num_input_tokens_seen)
@@ -129,9 +130,12 @@ def profile_summary(p, step_s:float, trace:str) -> dict:
     for a, b in spans:
         if b > end: busy += b - max(a, end); end = b
     top = sorted(p.key_averages(), key=lambda e: -e.device_time_total)[:15]
+    cpu = sorted(p.key_averages(), key=lambda e: -e.self_cpu_time_total)[:30]  # where the host's time goes
     if trace: p.export_chrome_trace(trace)
     return dict(step_s=round(step_s, 4), gpu_busy_s=round(busy / 1e6, 4), idle_pct=round(100 * (1 - busy / 1e6 / step_s), 1), kernels=len(spans),
-                top=[(e.key[:70], e.count, round(e.device_time_total / 1e3, 2)) for e in top])
+                top=[(e.key[:70], e.count, round(e.device_time_total / 1e3, 2)) for e in top],
+                cpu_s=round(sum(e.self_cpu_time_total for e in p.key_averages()) / 1e6, 4),
+                cpu_top=[(e.key[:70], e.count, round(e.self_cpu_time_total / 1e3, 2)) for e in cpu])
 
 
 def child(cells:list[dict]):
@@ -203,7 +207,7 @@ def main():
         for stack, cands in w['cands'].items():
             if only and stack not in only: continue
             for mbs, ckpt, extra in cands:
-                key = f'{part}|{stack}|mbs{mbs}|{"ckpt" if ckpt else "nockpt"}' + (f'|every{extra["every"]}' if 'every' in extra else '')
+                key = f'{part}|{stack}|mbs{mbs}|{"ckpt" if ckpt else "nockpt"}' + (f'|every{extra["every"]}' if 'every' in extra else '') + (f'|offload-{extra["offload"]}' if 'offload' in extra else '')
                 if stack.startswith('qlora_nb'):
                     prof = {'profile': f'{a.profile}/{key.replace("|", "_")}.json.gz'} if a.profile else {}
                     ours.append(dict(key=key, path=path, seq=2048, mbs=mbs, ckpt=ckpt, steps=w['steps'], chat=w['chat'], extra=extra | prof))

@@ -193,7 +193,7 @@ NOT_HONOURED = {
 # %% ../nbs/01_axolotl.ipynb #c5506cbd
 # Speed and memory options: the run means the same, only its speed or memory use differs. Named in the warning.
 SPEED_ONLY = dict.fromkeys((
-    'torch_compile', 'torch_compile_mode', 'torch_compile_backend', 'use_kernels', 'activation_offloading',
+    'torch_compile', 'torch_compile_mode', 'torch_compile_backend', 'use_kernels',
     'layer_offloading',
     'cut_cross_entropy', 'tiled_mlp', 'flash_attn_cross_entropy', 'flash_attn_rms_norm', 'flash_attn_fuse_mlp',
     'flash_optimum',
@@ -344,13 +344,19 @@ def _special(d:dict, out:dict, notes:list):
     w = d.get('warmup_steps')
     if isinstance(w, float) and 0 < w < 1: out['training.warmup_ratio'] = w  # transformers reads a warmup below 1 as a fraction of the steps
     if d.get('auto_resume_from_checkpoints') and d.get('resume_from_checkpoint') is None: out['training.resume_from_checkpoint'] = True
+    # Axolotl reads `gradient_checkpointing: offload` as checkpointing plus `activation_offloading: true` (`offload_disk`: `disk`)
+    gc, off = d.get('gradient_checkpointing'), d.get('activation_offloading')
+    if off or (isinstance(gc, str) and gc.startswith('offload')): out['training.offload'] = 'activations'
+    if off == 'disk' or gc == 'offload_disk':
+        notes.append(('activation_offloading' if off == 'disk' else 'gradient_checkpointing',
+                      'disk: the checkpointed inputs wait in pinned CPU memory instead (qlora_nb does not offload to disk)'))
     plugins = d.get('plugins') or []
     plugins = [p for p in ([plugins] if isinstance(plugins, str) else plugins) if 'liger' not in str(p).lower()]
     if plugins: notes.append(('plugins', f'{plugins}: only the Liger plugin has a qlora_nb counterpart (`training.liger_kernel`)'))
 
 _LIGER = ('liger_rms_norm', 'liger_rope', 'liger_glu_activation', 'liger_swiglu', 'liger_layer_norm', 'liger_cross_entropy', 'liger_fused_linear_cross_entropy')
 _UNSLOTH = ('unsloth_lora_mlp', 'unsloth_lora_qkv', 'unsloth_lora_o')
-_SPECIAL = {'adapter', 'lora_target_modules', 'lora_target_linear', 'chat_template', 'chat_template_jinja', 'plugins', 'auto_resume_from_checkpoints',
+_SPECIAL = {'adapter', 'lora_target_modules', 'lora_target_linear', 'chat_template', 'chat_template_jinja', 'plugins', 'auto_resume_from_checkpoints', 'activation_offloading',
             'attn_implementation', *_ATTN_FLAGS, *_LIGER, *_UNSLOTH, *_KERNELS, *_TRACKERS, *_SCHEDULE, *_SHARDING}
 
 def _plain_value(k, v):
@@ -359,7 +365,7 @@ def _plain_value(k, v):
     if k == 'lr_scheduler': return SCHEDULERS.get(v, v)
     if k == 'bnb_4bit_compute_dtype': return DTYPES.get(v, v)
     if k == 'warmup_steps' and isinstance(v, float) and 0 < v < 1: return None  # a ratio, as transformers reads it: see `_special`
-    if k == 'gradient_checkpointing' and isinstance(v, str): return True  # `offload` styles: plain checkpointing here (memory only)
+    if k == 'gradient_checkpointing' and isinstance(v, str): return True  # `offload` styles: checkpointing, plus `training.offload` (`_special`)
     return v
 
 # %% ../nbs/01_axolotl.ipynb #00cb895d
@@ -466,6 +472,7 @@ def to_axolotl(c) -> dict: # `c`: a `Config`
     if t['report_to'] != 'none': out[f"use_{t['report_to']}"] = True
     if isinstance(t['liger_kernel'], bool): out |= {k: t['liger_kernel'] for k in _LIGER if k not in ('liger_swiglu', 'liger_layer_norm', 'liger_cross_entropy')}
     if isinstance(l['fused'], bool): out |= {k: l['fused'] for k in _UNSLOTH}
+    out['activation_offloading'] = t['offload'] == 'activations'
     out['output_dir'] = o['output_dir']
     return out
 

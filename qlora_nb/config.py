@@ -140,7 +140,7 @@ class TrainConfig:
     gradient_checkpointing:bool=True # recompute activations in the backward pass: much less memory, about 30% more compute
     checkpoint_every:int=setting(1, ge=1) # with checkpointing, recompute only every k-th layer (more memory, less compute)
     liger_kernel:bool|Literal['auto']='auto' # Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy); `auto` on CUDA when installed
-    offload:Literal['none','layers']='none' # `layers`: keep the 4-bit decoder layers in pinned CPU memory and stream each to the GPU as it runs (a 70B model on 24 GiB; speed bound by PCIe at short sequences)
+    offload:Literal['none','activations','layers']='none' # `activations`: with checkpointing, each checkpointed layer's input waits in pinned CPU memory until its backward (layers x tokens x hidden x 2 bytes less GPU memory, Axolotl's `activation_offloading`); `layers`: also the 4-bit decoder layers, streamed to the GPU as each runs (a 70B model on 24 GiB; speed bound by PCIe at short sequences)
     logging_steps:int=setting(1, ge=1) # log loss, grad norm and learning rate every this many steps
     eval_steps:int|None=setting(None, ge=1) # evaluate on the validation split every this many steps
     evals_per_epoch:int|None=setting(None, ge=1) # or evaluate this many times per epoch
@@ -413,10 +413,14 @@ def _rule_devices(c:Config, given):
     if t.fsdp_config and not t.fsdp:
         yield Problem('training.fsdp_config', 'fsdp_config is set but FSDP is off.',
                       'add `fsdp: [full_shard, auto_wrap]`, or remove `fsdp_config`.')
-    if multi and t.offload != 'none':
+    if multi and t.offload == 'layers':
         yield Problem('training.offload',
                       f'offload: {t.offload} streams the layers to one GPU, and {multi[0]} shards them across GPUs.',
                       f'use one: remove `offload`, or remove `{multi[0]}`.')
+    if t.offload == 'activations' and not t.gradient_checkpointing:
+        yield Problem('training.offload',
+                      'offload: activations parks the inputs of checkpointed layers, and `gradient_checkpointing` is off.',
+                      'set `gradient_checkpointing: true` (the usual pair), or remove `offload`.')
 
 # %% ../nbs/00_config.ipynb #f02ed5af
 def _rule_data(c:Config, given):

@@ -9,6 +9,7 @@ __all__ = ['lora_nf4', 'lora_qkv', 'lora_mlp', 'fusable', 'fuse_lora', 'unfuse_l
 # %% ../nbs/23_kernels.ipynb #f269e7ee
 import ctypes, importlib.util, inspect, logging, types
 from .config import Config, QloraError
+from .lora import fused_blocker
 
 # %% ../nbs/23_kernels.ipynb #a9b6e192
 log = logging.getLogger('qlora_nb')
@@ -416,11 +417,8 @@ def fast_path(config:Config, # uses `training.liger_kernel`, `lora.fused`, `lora
     if liger == 'auto':
         liger = _liger_installed()
         if not liger: notes.append('liger-kernel is not installed: no fused norms, activations and loss (`pip install liger-kernel` for about 15% more speed)')
-    why, fix = next(((w, f) for w, f in (
-        (t.fsdp or t.deepspeed, 'FSDP and DeepSpeed wrap the 4-bit weights; train without `lora.fused` there'),
-        (l.dropout, 'it needs `lora.dropout: 0` (dropout on the adapter input would need its mask kept)'),
-        (l.use_dora, 'DoRA layers are not fused; turn `lora.use_dora` off'),
-        (not config.quantization.load_in_4bit, 'it is for 4-bit base models; set `quantization.load_in_4bit: true`')) if w), (None, None))
+    fix = fused_blocker(config)
+    why = fix is not None
     if l.fused is True and why: raise QloraError(f'lora.fused: true, but {fix}. Or set `lora.fused: auto` to use it only where it applies.')
     if l.fused == 'auto' and why: notes.append(f'fused LoRA layers off: {fix}')
     return bool(liger), bool(l.fused) and not why, notes

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['linear_layers', 'short_names', 'resolve_targets', 'check_rank', 'decoder_layers', 'enable_checkpointing',
-           'prepare_for_training', 'peft_notice_hidden', 'lora_config', 'attach_lora', 'trainable_report',
-           'keep_dtypes']
+           'prepare_for_training', 'fused_blocker', 'peft_notice_hidden', 'lora_config', 'attach_lora',
+           'trainable_report', 'keep_dtypes']
 
 # %% ../nbs/21_lora.ipynb #16f4d177
 import contextlib, logging, re, warnings
@@ -85,6 +85,16 @@ def prepare_for_training(model, config:Config):
     t = config.training
     if t.gradient_checkpointing: enable_checkpointing(model, t.checkpoint_every)
     return model
+
+# %% ../nbs/21_lora.ipynb #64e3cf70
+def fused_blocker(config:Config) -> str|None:
+    "What keeps `config` off the fused 4-bit LoRA path (on a CUDA GPU), as the fix to make; None when nothing does."
+    t, l = config.training, config.lora
+    return next((fix for blocked, fix in (
+        (t.fsdp or t.deepspeed, 'FSDP and DeepSpeed wrap the 4-bit weights; train without `lora.fused` there'),
+        (l.dropout, 'it needs `lora.dropout: 0` (dropout on the adapter input would need its mask kept)'),
+        (l.use_dora, 'DoRA layers are not fused; turn `lora.use_dora` off'),
+        (not config.quantization.load_in_4bit, 'it is for 4-bit base models; set `quantization.load_in_4bit: true`')) if blocked), None)
 
 # %% ../nbs/21_lora.ipynb #f6133b8f
 @contextlib.contextmanager

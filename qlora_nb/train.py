@@ -22,7 +22,7 @@ from .live import figure_png, in_notebook, plot_history, progress_line
 from .lora import attach_lora, keep_dtypes, trainable_report
 from .model import load_model, memory_line
 from .multigpu import MetricsFollower, check_can_fork, check_deepspeed, prepare_distributed
-from .offload import stream_layers
+from .offload import park_inputs, stream_layers
 from .preference import prepare_preference_data
 from .preference_train import preference_parts, reference_note
 from .utils import atomic_write, device_kind, free_cuda, launched, world_size
@@ -172,6 +172,10 @@ def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
         s = stream_layers(trainer.model)
         notes.append(f'offload: {len(s.packed)} decoder layers streamed from {"pinned " if s.cuda else ""}host memory, '
                      f'{s.ahead} ahead')
+    if config.training.offload == 'activations':
+        p = park_inputs(trainer.model)
+        notes.append(f'offload: the inputs of {p.layers} checkpointed layers wait in pinned host memory until their backward'
+                     if torch.cuda.is_available() else 'offload: activations: on the CPU they already live in host memory')
     if (config.data.padding_free or config.data.sample_packing) and torch.cuda.is_available() and use_varlen_attention(trainer.model):
         notes.append('joined samples: variable-length flash attention (`qlora_varlen`) instead of a block-diagonal '
                      'mask')
