@@ -144,7 +144,7 @@ class SetupPanel(Panel):
                        heading('Quantization', 'of the frozen base weights'), quant_picker(self.store),
                        config_form(self.store, QUANT_KEYS),
                        heading('LoRA', 'the trainable adapters'), config_form(self.store, LORA_KEYS),
-                       heading('Budget'), config_form(self.store, ['training.memory_budget_gib'])],
+                       heading('Budget', 'and what may wait in host memory'), config_form(self.store, ['training.memory_budget_gib', 'training.offload'])],
                       layout=W.Layout(min_width='480px'))
         right = W.VBox([heading('Memory', 'estimated before loading any weight'), self.memory.widget,
                         heading('Load', 'the real model, to check what trains'), self.load_button, self.status.widget,
