@@ -16,6 +16,7 @@ def _compare(model, fused=False):
     from qlora_nb.lora import decoder_layers
     ids = torch.randint(10, 4096, (2, 512), generator=torch.Generator().manual_seed(0)).cuda()
     batch = {'input_ids': ids, 'labels': ids}
+    model.train()  # transformers checkpoints only in training mode: the stashed inputs are exercised too
     ref_loss, ref = loss_and_grads(model, batch)
     stream = stream_layers(model)
     w = decoder_layers(model)[0].self_attn.q_proj.base_layer.weight
@@ -64,6 +65,7 @@ def test_parked_inputs_match_and_leave_the_gpu(tmp_path, fused):
     L = 8
     model = llama_lora_model(tmp_path, num_hidden_layers=L)
     if fused: fuse_lora(model)
+    model.train()  # transformers checkpoints only in training mode
     ids = torch.randint(10, 4096, (8, 1024), generator=torch.Generator().manual_seed(0)).cuda()
     batch = {'input_ids': ids, 'labels': ids}
     loss_and_grads(model, batch)  # warm up kernels and the allocator
