@@ -17,7 +17,7 @@ from pathlib import Path
 LAYERS = {
     'core': ['__init__', 'errors', 'keys', 'utils', 'tiny', 'builtin', 'templates', 'axolotl', 'config'],
     'data': ['loading', 'formats', 'tokenizing', 'packing', 'data', 'preview', 'preference'],
-    'model': ['model', 'lora', 'estimate', 'kernels', 'offload'],
+    'model': ['model', 'lora', 'estimate', 'kernels', 'offload', 'graphs'],
     'run': ['live', 'guards', 'checkpoints', 'train', 'preference_train', 'multigpu'],
     'infer/export': ['chat', 'merge', 'export', 'demo'],
     'ui': ['widgets', 'setup_panel', 'data_panel', 'train_panel', 'chat_panel', 'export_panel', 'ui'],

@@ -44,11 +44,11 @@ WORKLOADS = {
                          'hf': [(8, True, {})], 'hf+liger': [(8, True, {})],
                          'unsloth': [(8, True, {})]}),
     '1b':    dict(shape='1b', chat=False, steps=12, budget=None,
-                  cands={'qlora_nb': [(4, True, FAST)], 'hf+liger': [(4, True, {})], 'unsloth': [(4, True, {})]}),
+                  cands={'qlora_nb': [(4, True, FAST | {'cuda_graphs': True})], 'hf+liger': [(4, True, {})], 'unsloth': [(4, True, {})]}),
     # Only the candidate that won last time is tried (H200, 2026-12-02: qlora_nb mbs 4 every 2nd layer 11,233 at 24.4 GiB before
     # the fused MLP, mbs 2 without 8,896; H100, 2026-11-23: Unsloth mbs 2 without 12,829, mbs 8 with 10,237); HF+Liger keeps both.
     '24gib': dict(shape='8b', chat=False, steps=10, budget=24.0,
-                  cands={'qlora_nb': [(4, True, FAST | {'every': 2})],
+                  cands={'qlora_nb': [(2, False, FAST | {'cuda_graphs': True})],
                          'hf+liger': [(2, False, {}), (8, True, {})], 'unsloth': [(2, False, {})]}),
     'card':  dict(shape='8b', chat=False, steps=10, budget=78.0,
                   cands={'qlora_nb': [(4, False, FAST), (8, False, FAST)], 'hf+liger': [(4, False, {})],
@@ -91,7 +91,7 @@ def our_cell(path:str, seq:int, mbs:int, ckpt:bool, steps:int, chat:bool, extra:
     t.micro_batch_size, t.gradient_accumulation_steps, t.max_steps, t.learning_rate = mbs, 1, steps, 2e-4
     t.lr_scheduler, t.warmup_ratio, t.logging_steps, t.gradient_checkpointing = 'constant', 0.0, 5, ckpt
     t.checkpoint_every, t.liger_kernel, t.nan_guard, t.grad_norm_alarm = extra.get('every', 1), extra.get('liger', True), False, None
-    t.offload = extra.get('offload', 'none')
+    t.offload, t.cuda_graphs = extra.get('offload', 'none'), extra.get('cuda_graphs', False)
     c.data.sequence_len, c.data.padding_free, c.output.output_dir = seq, extra.get('padding_free', False), tempfile.mkdtemp()
     t0 = time.time()
     model, tok = load_model(c)
@@ -118,6 +118,7 @@ def our_cell(path:str, seq:int, mbs:int, ckpt:bool, steps:int, chat:bool, extra:
     out = dict(tokens_per_s=round((seen[-1] - seen[skip - 1]) / sum(steady), 1), step_s_median=round(sorted(steady)[len(steady) // 2], 3),
                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), after_load_gib=round(after_load, 2), load_s=round(load_s, 1),
                train_s=round(total, 1), steps=len(times), final_loss=losses[-1] if losses else None, liger_applied=liger_on, fused_layers=fused_on, fused_mlps=mlp_on)
+    if (g := getattr(model, '_qlora_nb_graphs', None)) is not None: out['graphs'] = dict(replays=g.replays, captures=g.captures, eager=dict(g.eager))
     if 'summary' in prof: out['profile'] = prof['summary']
     del tr, model; gc.collect(); torch.cuda.empty_cache()
     return out
@@ -207,7 +208,7 @@ def main():
         for stack, cands in w['cands'].items():
             if only and stack not in only: continue
             for mbs, ckpt, extra in cands:
-                key = f'{part}|{stack}|mbs{mbs}|{"ckpt" if ckpt else "nockpt"}' + (f'|every{extra["every"]}' if 'every' in extra else '') + (f'|offload-{extra["offload"]}' if 'offload' in extra else '')
+                key = f'{part}|{stack}|mbs{mbs}|{"ckpt" if ckpt else "nockpt"}' + (f'|every{extra["every"]}' if 'every' in extra else '') + (f'|offload-{extra["offload"]}' if 'offload' in extra else '') + ('|graphs' if extra.get('cuda_graphs') else '')
                 if stack.startswith('qlora_nb'):
                     prof = {'profile': f'{a.profile}/{key.replace("|", "_")}.json.gz'} if a.profile else {}
                     ours.append(dict(key=key, path=path, seq=2048, mbs=mbs, ckpt=ckpt, steps=w['steps'], chat=w['chat'], extra=extra | prof))

@@ -141,6 +141,7 @@ class TrainConfig:
     checkpoint_every:int=setting(1, ge=1) # with checkpointing, recompute only every k-th layer (more memory, less compute)
     liger_kernel:bool|Literal['auto']='auto' # Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy); `auto` on CUDA when installed
     offload:Literal['none','activations','layers']='none' # `activations`: with checkpointing, each checkpointed layer's input waits in pinned CPU memory until its backward (layers x tokens x hidden x 2 bytes less GPU memory, Axolotl's `activation_offloading`); `layers`: also the 4-bit decoder layers, streamed to the GPU as each runs (a 70B model on 24 GiB; speed bound by PCIe at short sequences)
+    cuda_graphs:bool=False # capture each decoder layer's forward and backward as CUDA graphs at the first step (dense rows, the fused path): far fewer launches where the GPU waits for Python (+15% at a 1B model on an H200); about 3 x tokens x hidden x 2 bytes more GPU memory per layer
     logging_steps:int=setting(1, ge=1) # log loss, grad norm and learning rate every this many steps
     eval_steps:int|None=setting(None, ge=1) # evaluate on the validation split every this many steps
     evals_per_epoch:int|None=setting(None, ge=1) # or evaluate this many times per epoch
@@ -417,6 +418,9 @@ def _rule_devices(c:Config, given):
         yield Problem('training.offload',
                       f'offload: {t.offload} streams the layers to one GPU, and {multi[0]} shards them across GPUs.',
                       f'use one: remove `offload`, or remove `{multi[0]}`.')
+    if t.cuda_graphs and (t.offload != 'none' or multi):
+        yield Problem('training.cuda_graphs', f'CUDA graphs replay fixed addresses, and {f"offload: {t.offload}" if t.offload != "none" else multi[0]} moves or shards the layers.',
+                      'use one: remove `cuda_graphs`, or remove ' + ('`offload`.' if t.offload != 'none' else f'`{multi[0]}`.'))
     if t.offload == 'activations' and not t.gradient_checkpointing:
         yield Problem('training.offload',
                       'offload: activations parks the inputs of checkpointed layers, and `gradient_checkpointing` is off.',

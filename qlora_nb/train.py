@@ -23,6 +23,7 @@ from .lora import attach_lora, keep_dtypes, trainable_report
 from .model import load_model, memory_line
 from .multigpu import MetricsFollower, check_can_fork, check_deepspeed, prepare_distributed
 from .offload import park_inputs, stream_layers
+from .graphs import graph_layers
 from .preference import prepare_preference_data
 from .preference_train import preference_parts, reference_note
 from .utils import atomic_write, device_kind, free_cuda, launched, world_size
@@ -168,6 +169,13 @@ def build_trainer(config:Config, model, tokenizer, data, callbacks=()):
         notes.append(f'fused LoRA layers: {fuse_lora(trainer.model)}')
         trainer.add_callback(_FuseAgain())
     if liger: notes.append('Liger kernels: on')
+    if config.training.cuda_graphs and not (fused and torch.cuda.is_available()):
+        notes.append('CUDA graphs: off (they need a CUDA GPU and the fused LoRA path)')
+    elif config.training.cuda_graphs and (config.data.padding_free or config.data.sample_packing):
+        notes.append('CUDA graphs: off (joined rows change their boundaries every step)')
+    elif config.training.cuda_graphs:
+        graph_layers(trainer.model)
+        notes.append('CUDA graphs: each decoder layer is captured at the first step of dense rows (other steps run eagerly)')
     if config.training.offload == 'layers':
         s = stream_layers(trainer.model)
         notes.append(f'offload: {len(s.packed)} decoder layers streamed from {"pinned " if s.cuda else ""}host memory, '

@@ -102,7 +102,7 @@ def test_importing_train_leaves_bitsandbytes_unloaded():
 
 def test_importing_the_library_loads_no_heavy_package():
     "Every module outside the panels imports without torch, transformers, bitsandbytes or fastcore."
-    mods = ['config', 'axolotl', 'templates', 'data', 'preference', 'model', 'lora', 'estimate', 'kernels', 'offload',
+    mods = ['config', 'axolotl', 'templates', 'data', 'preference', 'model', 'lora', 'estimate', 'kernels', 'offload', 'graphs',
             'live', 'guards', 'checkpoints', 'train', 'preference_train', 'multigpu', 'chat', 'merge', 'export', 'demo',
             'cli']
     heavy = ('torch', 'transformers', 'peft', 'trl', 'bitsandbytes', 'datasets', 'fastcore', 'ipywidgets', 'matplotlib')
