@@ -45,8 +45,9 @@ WORKLOADS = {
                          'unsloth': [(8, True, {})]}),
     '1b':    dict(shape='1b', chat=False, steps=12, budget=None,
                   cands={'qlora_nb': [(4, True, FAST | {'cuda_graphs': True})], 'hf+liger': [(4, True, {})], 'unsloth': [(4, True, {})]}),
-    # Only the candidate that won last time is tried (H200, 2026-12-02: qlora_nb mbs 4 every 2nd layer 11,233 at 24.4 GiB before
-    # the fused MLP, mbs 2 without 8,896; H100, 2026-11-23: Unsloth mbs 2 without 12,829, mbs 8 with 10,237); HF+Liger keeps both.
+    # Only the candidate that won last time is tried (H200, 2026-12-02, round 4 call 3: qlora_nb mbs 2 without checkpointing, graphed,
+    # 12,783 at 20.6 GiB, mbs 4 every 2nd layer 12,118 at 20.9; H100, 2026-11-23: Unsloth mbs 2 without 12,829, mbs 8 with 10,237);
+    # HF+Liger keeps both. The 1B cell is graphed too (47,414 vs 41,173 eager, same call); lean parks its inputs (the memory target).
     '24gib': dict(shape='8b', chat=False, steps=10, budget=24.0,
                   cands={'qlora_nb': [(2, False, FAST | {'cuda_graphs': True})],
                          'hf+liger': [(2, False, {}), (8, True, {})], 'unsloth': [(2, False, {})]}),
