@@ -16,7 +16,7 @@ quiet_kernel_hub_notice()  # the app is built before any tab imports bitsandbyte
 # %% ../nbs/83_train_panel.ipynb #8f2a23ae
 TRAIN_KEYS = ['training.max_steps', 'training.num_epochs', 'training.micro_batch_size',
               'training.gradient_accumulation_steps', 'training.learning_rate', 'training.lr_scheduler',
-              'training.warmup_ratio', 'training.optimizer', 'training.gradient_checkpointing',
+              'training.warmup_ratio', 'training.optimizer', 'training.gradient_checkpointing', 'training.cuda_graphs',
               'training.logging_steps', 'training.eval_steps', 'training.save_steps', 'training.seed',
               'output.output_dir']
 
