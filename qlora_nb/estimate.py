@@ -183,9 +183,13 @@ LOSS_TILE = (4096, 32768)   # trl's chunked log-prob: token rows x vocabulary co
 CUDA_CONTEXT_GIB = 0.5      # the CUDA context and kernels: outside PyTorch's allocator
 FRAGMENTATION = 0.05        # reserved but unused blocks, as a fraction of the allocator's peak
 
+def _fused(config:Config) -> bool:
+    "Whether a GPU run of `config` takes the fused 4-bit path (`kernels.fast_path`'s rule)."
+    return config.lora.fused is not False and fused_blocker(config) is None
+
 def layer_bytes_per_token(shape:ModelShape, config:Config, targets:list[str], dsize:int=2) -> float:
     "Bytes one decoder layer keeps per token for the backward pass, without checkpointing (on a GPU: the fused path where it applies)."
-    k = PER_TOKEN | (PER_TOKEN_FUSED if config.lora.fused is not False and fused_blocker(config) is None else {})
+    k = PER_TOKEN | (PER_TOKEN_FUSED if _fused(config) else {})
     b = k['layer_h']*shape.hidden + k['layer_i']*shape.intermediate + k['layer_heads']*shape.heads + k['layer_const']
     if config.lora.dropout > 0: b += k['dropout'] * sum(shape.linears[t][0] for t in targets)
     return b * dsize / 2
@@ -270,7 +274,9 @@ def estimate(config,                 # a `Config` (or YAML path / dict)
         recompute = per_layer
     else: kept, recompute = L * per_layer, 0
     c['activations'] = T * (kept + k['outside_h'] * h * dsize / 2)
-    if t.cuda_graphs: c["CUDA graphs' static buffers"] = T * L * GRAPH_H * h * dsize / 2
+    # `train` graphs the layers only on the fused path and for rows that are not joined
+    if t.cuda_graphs and _fused(config) and not (d.padding_free or d.sample_packing):
+        c["CUDA graphs' static buffers"] = T * L * GRAPH_H * h * dsize / 2
     loss = min(T, LOSS_TILE[0]) * min(shape.vocab, LOSS_TILE[1]) * dsize + T * 2 * h
     # trl's ORPO trainer materializes all logits, and a float32 copy in its loss
     if t.method == 'orpo': loss = T * shape.vocab * (dsize + 4)

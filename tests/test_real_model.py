@@ -66,3 +66,31 @@ def test_chat_stops_at_the_end_of_turn(config, tok):
     assert len(new) < 64 and new[-1] == tok.convert_tokens_to_ids('<|im_end|>'), tok.decode(new)
     answer = cm.answer('What is the capital of France?', temperature=0, max_new_tokens=64)
     assert 'Paris' in answer and '<|im_start|>' not in answer and 'user' not in answer.lower(), answer
+
+
+def test_parked_inputs_train_the_real_model_the_same(config, tok):
+    """`offload: activations`'s hooks on the real model in NF4 with LoRA on every linear layer, checkpointed: a real chat row's
+    loss and every LoRA gradient equal the unparked run's, and every input but layer 0's is parked (on the CPU, `cpu=True`)."""
+    import torch
+    from qlora_nb.lora import attach_lora, decoder_layers
+    from qlora_nb.model import load_model
+    from qlora_nb.offload import park_inputs
+    c = Config(); c.model.base_model = config.model.base_model
+    model, _ = load_model(c); model = attach_lora(model, c); model.train()
+    torch.manual_seed(1)
+    for n, p in model.named_parameters():
+        if 'lora_B' in n: torch.nn.init.normal_(p, std=0.02)
+    ids = tok.apply_chat_template([{'role': 'user', 'content': 'Who are you?'}, {'role': 'assistant', 'content': 'I am Quill.'}],
+                                  return_tensors='pt', return_dict=True)['input_ids']
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    ref_loss, ref = step()
+    hooks = park_inputs(model, min_bytes=0, cpu=True)
+    loss, grads = step()
+    L = len(decoder_layers(model))
+    assert loss == ref_loss and all(torch.equal(grads[n], g) for n, g in ref.items())
+    assert hooks.parked == L - 1, (hooks.parked, L)
